@@ -1,0 +1,134 @@
+"""Typed configuration, one object per pipeline stage, recorded in every artifact.
+
+Every detail the paper leaves open (pair source, counts, estimators, layers, strengths, positions,
+hook point) is an option here, with the default chosen by measurement (see docs/design.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+HookPoint = Literal["mlp", "layer"]
+Position = Literal["last", "all", "generated"]
+PairSource = Literal["synthetic", "history", "mixed"]
+PersonalEstimator = Literal["svd", "svd-centered", "svd-diff", "mean-diff"]
+NeutralEstimator = Literal["ccs", "mean-diff"]
+LayerRule = Literal["ccs-loss", "band", "validation"]
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SelectionConfig(_Stage):
+    """Which history items feed the insights and pairs (PCA over sentence embeddings)."""
+
+    k: int = Field(8, ge=1, description="number of representative history items")
+    max_item_chars: int = Field(2000, ge=50, description="items longer than this are truncated (warned)")
+
+
+class InsightConfig(_Stage):
+    """How the model writes the personalized and neutral insights."""
+
+    prompt_version: str = "v1"
+    max_new_tokens: int = Field(96, ge=8)
+    items_in_prompt: int = Field(6, ge=1)
+
+
+class PairConfig(_Stage):
+    """How personalized/neutral response pairs are made."""
+
+    source: PairSource = "mixed"
+    n_queries: int = Field(8, ge=1, description="history queries used to build pairs")
+    max_new_tokens: int = Field(48, ge=4)
+    min_cosine_distance: float = Field(
+        0.02, ge=0.0, le=1.0, description="drop pairs whose responses are this close (1 - cosine)"
+    )
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+
+
+class ActivationConfig(_Stage):
+    """Where hidden states are read from."""
+
+    hook_point: HookPoint = "mlp"
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(384, ge=16, description="tokens per (prompt+response) sequence")
+
+
+class DirectionConfig(_Stage):
+    """Estimators and the layer selector."""
+
+    personal: PersonalEstimator = "svd"
+    neutral: NeutralEstimator = "ccs"
+    rank: int = Field(1, ge=1, description="personalized subspace rank")
+    layer_rule: LayerRule = "band"
+    n_layers: int = Field(4, ge=1, description="layers kept by the ccs-loss or validation rule")
+    band: tuple[float, float] = Field((0.3, 0.6), description="fraction of depth for the band rule")
+    ccs_restarts: int = Field(5, ge=1)
+    ccs_epochs: int = Field(300, ge=10)
+    ccs_lr: float = Field(1e-2, gt=0)
+    ccs_weight_decay: float = Field(1e-2, ge=0)
+    holdout_fraction: float = Field(0.25, gt=0, lt=1, description="pairs held out by the validation rule")
+
+    @model_validator(mode="after")
+    def _band_ok(self) -> DirectionConfig:
+        lo, hi = self.band
+        if not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(f"band must satisfy 0 <= low < high <= 1, got {self.band}")
+        return self
+
+
+class EditConfig(_Stage):
+    """Strengths and positions of the inference-time edit."""
+
+    alpha: float = Field(0.5, description="add α·proj(x, θP)")
+    beta: float = Field(0.5, description="remove β·proj(x, θN)")
+    max_edit_ratio: float | None = Field(
+        None, gt=0, description="bound ‖Δx‖ ≤ ratio·‖x‖ per position (None: unbounded)"
+    )
+    positions: Position = "last"
+
+
+class FitConfig(_Stage):
+    """The whole pipeline: history → UserEdit."""
+
+    seed: int = 0
+    selection: SelectionConfig = SelectionConfig()
+    insights: InsightConfig = InsightConfig()
+    pairs: PairConfig = PairConfig()
+    activations: ActivationConfig = ActivationConfig()
+    directions: DirectionConfig = DirectionConfig()
+    edit: EditConfig = EditConfig()
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def generation_key(self) -> str:
+        """Hash of everything that changes generated texts (the pair cache key)."""
+        parts = {
+            "seed": self.seed,
+            "selection": self.selection.model_dump(mode="json"),
+            "insights": self.insights.model_dump(mode="json"),
+            "pairs": self.pairs.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, object]) -> FitConfig:
+        """Build from dotted overrides, e.g. ``{"edit.alpha": 1.0, "pairs.source": "history"}``."""
+        data = cls().model_dump()
+        for dotted, value in overrides.items():
+            node = data
+            *path, leaf = dotted.split(".")
+            for key in path:
+                if key not in node or not isinstance(node[key], dict):
+                    raise ValueError(f"unknown option {dotted!r}: no section {key!r}")
+                node = node[key]
+            if leaf not in node:
+                raise ValueError(f"unknown option {dotted!r}; valid: {', '.join(sorted(node))}")
+            node[leaf] = value
+        return cls.model_validate(data)

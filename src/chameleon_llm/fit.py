@@ -1,0 +1,150 @@
+"""The pipeline: history → selection → insights → pairs → activations → directions → UserEdit."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .activations import collect_last_token
+from .config import FitConfig
+from .directions import Directions, estimate, select_layers
+from .edit import UserEdit
+from .embeddings import Embedder, get_embedder
+from .history import HistoryItem, history_fingerprint
+from .insights import Insights, write_insights
+from .models import LoadedModel, cache_dir, chat_prompt
+from .pairs import Pair, filter_pairs, load_pairs, make_pairs, save_pairs
+from .provenance import provenance
+from .selection import select_representative
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+class FitError(RuntimeError):
+    """Fitting could not produce a usable edit; the message says why and what to change."""
+
+
+@dataclass
+class FitResult:
+    edit: UserEdit
+    pairs: list[Pair]
+    insights: Insights
+    selected: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    directions: Directions | None = None
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> Iterator[None]:
+    if progress:
+        progress(stage)
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = round(time.perf_counter() - start, 4)
+
+
+def pair_texts(lm: LoadedModel, pairs: Sequence[Pair]) -> tuple[list[str], list[str]]:
+    """The texts whose last-token states are contrasted: the query's chat prompt plus each response."""
+    pos = [chat_prompt(lm, p.query) + p.personal for p in pairs]
+    neg = [chat_prompt(lm, p.query) + p.neutral for p in pairs]
+    return pos, neg
+
+
+def _pair_cache_path(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig, root: Path) -> Path:
+    key = f"{lm.config_hash}-{history_fingerprint(history)}-{cfg.generation_key()}"
+    return root / "pairs" / f"{key}.json"
+
+
+def build_pairs(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig, embedder: Embedder,
+                timings: dict[str, float], progress: Progress | None = None,
+                cache: Path | None = None) -> tuple[list[Pair], Insights, list[int]]:
+    """Selection, insights and pairs (the text stages), cached per user and generation config."""
+    with _timed(timings, "select", progress):
+        emb = embedder.encode([f"{it.input}\n{it.output}" for it in history])
+        selected = select_representative(emb, cfg.selection.k, seed=cfg.seed)
+        items = [history[i] for i in selected]
+    cached = load_pairs(cache) if cache is not None else None
+    if cached is not None:
+        timings["insights"] = timings["pairs"] = 0.0
+        return cached[0], cached[1], selected
+    torch.manual_seed(cfg.seed)
+    with _timed(timings, "insights", progress):
+        insights = write_insights(lm, items, cfg.insights)
+    with _timed(timings, "pairs", progress):
+        raw = make_pairs(lm, items, insights, cfg.pairs, seed=cfg.seed, version=cfg.insights.prompt_version)
+        pairs = filter_pairs(raw, embedder, cfg.pairs.min_cosine_distance)
+    if cache is not None:
+        save_pairs(cache, pairs, insights)
+    return pairs, insights, selected
+
+
+def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insights: Insights,
+                    timings: dict[str, float], progress: Progress | None = None,
+                    extra_stats: dict[str, object] | None = None) -> tuple[UserEdit, Directions]:
+    """Activations → directions → layer selection → UserEdit."""
+    if len(pairs) < 2:
+        raise FitError(f"only {len(pairs)} usable pair(s) after filtering; at least 2 are needed. "
+                       "Add history items, raise pairs.n_queries, or lower pairs.min_cosine_distance.")
+    acfg = cfg.activations
+    with _timed(timings, "activations", progress):
+        pos_texts, neg_texts = pair_texts(lm, pairs)
+        states = collect_last_token(lm, pos_texts + neg_texts, hook_point=acfg.hook_point,
+                                    batch_size=acfg.batch_size, max_length=acfg.max_length)
+        pos, neg = states[: len(pairs)], states[len(pairs) :]
+    with _timed(timings, "directions", progress):
+        dirs = estimate(pos, neg, cfg.directions, seed=cfg.seed)
+        layers = select_layers(pos, neg, cfg.directions, seed=cfg.seed, ccs_loss_per_layer=dirs.ccs_loss)
+    stats: dict[str, object] = {"per_layer": dirs.stats, "n_pairs": len(pairs),
+                                "pair_sources": sorted({p.source for p in pairs}),
+                                "personal_insight_checked": insights.personal_checked}
+    stats.update(extra_stats or {})
+    edit = UserEdit(
+        layers=tuple(layers),
+        personal=dirs.personal[layers].contiguous(),
+        neutral=dirs.neutral[layers].contiguous(),
+        hook_point=acfg.hook_point,
+        strengths=cfg.edit,
+        model=lm.identity,
+        insights={"personal": insights.personal, "neutral": insights.neutral},
+        stats=stats,
+        config=cfg.model_dump(mode="json"),
+        provenance=provenance(timings=timings),
+    )
+    return edit, dirs
+
+
+def fit_user(
+    lm: LoadedModel,
+    history: Sequence[HistoryItem],
+    config: FitConfig | None = None,
+    *,
+    embedder: Embedder | None = None,
+    cache: bool | Path = True,
+    progress: Progress | None = None,
+) -> FitResult:
+    """Turn one user's history into a UserEdit (no weights change).
+
+    ``cache``: True caches generated pairs under the user cache dir, a Path puts them there, False
+    disables it. A refit with other direction or edit settings reuses the cached texts.
+    """
+    cfg = config or FitConfig()
+    if not history:
+        raise FitError("the history is empty: give at least one item")
+    emb = embedder or get_embedder()
+    timings: dict[str, float] = {}
+    root = cache if isinstance(cache, Path) else cache_dir()
+    cache_path = _pair_cache_path(lm, history, cfg, root) if cache else None
+    pairs, insights, selected = build_pairs(lm, history, cfg, emb, timings, progress, cache_path)
+    edit, dirs = edit_from_pairs(lm, pairs, cfg, insights, timings, progress)
+    timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 4)
+    return FitResult(edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings,
+                     directions=dirs)

@@ -1,0 +1,122 @@
+"""Batched generation and scoring, with optional per-row edits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from .edit import UserEdit
+from .models import LoadedModel, chat_prompt, encode
+from .steering import steer
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Decoding settings shared by every method (greedy by default)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    max_prompt_tokens: int = 1024
+
+
+class _StopOnStrings(StoppingCriteria):
+    def __init__(self, lm: LoadedModel, stops: Sequence[str], prompt_len: int) -> None:
+        self.lm, self.stops, self.prompt_len = lm, list(stops), prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+        texts = self.lm.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        done = [any(s in t for s in self.stops) for t in texts]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return text[:cut] if cut >= 0 else text
+
+
+def generate_raw(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    edits: Sequence[UserEdit | None] | UserEdit | None = None,
+    options: GenerationOptions | None = None,
+) -> list[str]:
+    """Complete already-rendered prompts (one batch, left padded); rows may carry different edits."""
+    opts = options or GenerationOptions()
+    if not prompts:
+        return []
+    enc = encode(lm, prompts, max_length=opts.max_prompt_tokens)
+    prompt_len = int(enc["input_ids"].shape[1])
+    sample = opts.temperature > 0
+    kwargs: dict[str, object] = {
+        "max_new_tokens": opts.max_new_tokens,
+        "do_sample": sample,
+        "pad_token_id": lm.tokenizer.pad_token_id,
+    }
+    if sample:
+        kwargs.update(temperature=opts.temperature, top_p=opts.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    if opts.stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_StopOnStrings(lm, opts.stop, prompt_len)])
+    if opts.seed is not None:
+        torch.manual_seed(opts.seed)
+    with torch.inference_mode(), steer(lm, edits, batch_size=len(prompts), prompt_len=prompt_len):
+        out = lm.model.generate(**enc, **kwargs)  # type: ignore[operator]
+    texts = lm.tokenizer.batch_decode(out[:, prompt_len:], skip_special_tokens=True)
+    return [_cut_at_stop(t, opts.stop).strip() for t in texts]
+
+
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    edits: Sequence[UserEdit | None] | UserEdit | None = None,
+    options: GenerationOptions | None = None,
+    *,
+    system: str | None = None,
+    batch_size: int = 8,
+    assistant_prefix: str = "",
+) -> list[str]:
+    """Answer user messages through the chat template, ``batch_size`` rows at a time."""
+    rendered = [chat_prompt(lm, p, system=system, assistant_prefix=assistant_prefix) for p in prompts]
+    rows: list[UserEdit | None]
+    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
+    if len(rows) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(rows)} edits")
+    results: list[str] = []
+    for i in range(0, len(rendered), batch_size):
+        results += generate_raw(lm, rendered[i : i + batch_size], rows[i : i + batch_size], options)
+    return results
+
+
+def continuation_logprobs(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    edits: Sequence[UserEdit | None] | UserEdit | None = None,
+) -> list[float]:
+    """Sum of log-probabilities of each continuation after its rendered prompt (edits applied)."""
+    tok = lm.tokenizer
+    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
+    ids, cont_lens = [], []
+    for p, c in zip(prompts, continuations, strict=True):
+        p_ids = tok(p, add_special_tokens=False)["input_ids"]
+        c_ids = tok(c, add_special_tokens=False)["input_ids"]
+        ids.append(p_ids + c_ids)
+        cont_lens.append(len(c_ids))
+    width = max(len(x) for x in ids)
+    pad = tok.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=lm.device)
+    mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=lm.device)
+    prompt_lens = [width - n for n in cont_lens]  # per row: where its continuation starts
+    with torch.inference_mode(), steer(lm, rows, batch_size=len(prompts), prompt_len=prompt_lens):
+        logits = lm.model(input_ids=input_ids, attention_mask=mask).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    target = input_ids[:, 1:]
+    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    return [float(tok_lp[i, width - 1 - n :].sum()) for i, n in enumerate(cont_lens)]

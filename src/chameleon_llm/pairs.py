@@ -1,0 +1,91 @@
+"""Personalized / neutral response pairs: synthetic (the paper), history-grounded, or mixed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import PairConfig
+from .edit import atomic_write_text
+from .embeddings import Embedder
+from .generation import GenerationOptions, generate_raw
+from .history import HistoryItem
+from .insights import Insights
+from .models import LoadedModel, render_messages
+from .prompts import load_template
+
+DEFAULT_QUERY = "Write something in your usual style."
+
+
+@dataclass(frozen=True)
+class Pair:
+    query: str
+    personal: str
+    neutral: str
+    source: str  # "synthetic" | "history"
+
+
+def _query(item: HistoryItem) -> str:
+    return item.input.strip() or DEFAULT_QUERY
+
+
+def _neutral_prompts(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str) -> list[str]:
+    tpl = load_template("response_neutral", version)
+    out = []
+    for it in items:
+        system, user = tpl.render(neutral_insight=insights.neutral, query=_query(it))
+        out.append(render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}]))
+    return out
+
+
+def _personal_prompts(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str) -> list[str]:
+    tpl = load_template("response_personal", version)
+    out = []
+    for i, it in enumerate(items):
+        example = items[(i + 1) % len(items)] if len(items) > 1 else it  # never the item's own answer
+        system, user = tpl.render(insight=insights.personal, example_input=_query(example)[:300],
+                                  example_output=example.output[:300], query=_query(it))
+        out.append(render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}]))
+    return out
+
+
+def make_pairs(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, cfg: PairConfig, *,
+               seed: int = 0, version: str = "v1") -> list[Pair]:
+    """Build pairs for the first ``cfg.n_queries`` items (generation batched)."""
+    chosen = list(items)[: cfg.n_queries]
+    opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    neutral = generate_raw(lm, _neutral_prompts(lm, chosen, insights, version), None, opts)
+    pairs: list[Pair] = []
+    if cfg.source in ("synthetic", "mixed"):
+        personal = generate_raw(lm, _personal_prompts(lm, chosen, insights, version), None, opts)
+        pairs += [Pair(_query(it), p, n, "synthetic") for it, p, n in zip(chosen, personal, neutral, strict=True)]
+    if cfg.source in ("history", "mixed"):
+        pairs += [Pair(_query(it), it.output, n, "history") for it, n in zip(chosen, neutral, strict=True)]
+    return pairs
+
+
+def filter_pairs(pairs: Sequence[Pair], embedder: Embedder, min_distance: float) -> list[Pair]:
+    """Drop pairs whose two responses are near-identical (1 − cosine < ``min_distance``) or empty."""
+    kept = [p for p in pairs if p.personal.strip() and p.neutral.strip()]
+    if not kept or min_distance <= 0:
+        return kept
+    a = embedder.encode([p.personal for p in kept])
+    b = embedder.encode([p.neutral for p in kept])
+    dist = 1.0 - (a * b).sum(-1)
+    return [p for p, d in zip(kept, dist.tolist(), strict=True) if d >= min_distance]
+
+
+def save_pairs(path: Path, pairs: Sequence[Pair], insights: Insights) -> None:
+    atomic_write_text(path, json.dumps({"insights": asdict(insights), "pairs": [asdict(p) for p in pairs]},
+                                       indent=1, ensure_ascii=False))
+
+
+def load_pairs(path: Path) -> tuple[list[Pair], Insights] | None:
+    """Cached pairs and insights, or None when absent/unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return [Pair(**p) for p in data["pairs"]], Insights(**data["insights"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
