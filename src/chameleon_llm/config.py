@@ -18,6 +18,7 @@ PairSource = Literal["synthetic", "history", "mixed"]
 PersonalEstimator = Literal["svd", "svd-centered", "svd-diff", "mean-diff"]
 NeutralEstimator = Literal["ccs", "mean-diff"]
 LayerRule = Literal["ccs-loss", "band", "validation"]
+EditMode = Literal["project", "add"]
 
 
 class _Stage(BaseModel):
@@ -34,17 +35,17 @@ class SelectionConfig(_Stage):
 class InsightConfig(_Stage):
     """How the model writes the personalized and neutral insights."""
 
-    prompt_version: str = "v1"
-    max_new_tokens: int = Field(96, ge=8)
-    items_in_prompt: int = Field(6, ge=1)
+    prompt_version: str = Field("v1", description="prompt template version (files in chameleon_llm/prompts)")
+    max_new_tokens: int = Field(96, ge=8, description="tokens per insight")
+    items_in_prompt: int = Field(6, ge=1, description="selected items shown to the model when it writes insights")
 
 
 class PairConfig(_Stage):
     """How personalized/neutral response pairs are made."""
 
-    source: PairSource = "mixed"
+    source: PairSource = Field("mixed", description="synthetic (paper) | history (real outputs) | mixed (both)")
     n_queries: int = Field(8, ge=1, description="history queries used to build pairs")
-    max_new_tokens: int = Field(48, ge=4)
+    max_new_tokens: int = Field(48, ge=4, description="tokens per generated response")
     min_cosine_distance: float = Field(
         0.02, ge=0.0, le=1.0, description="drop pairs whose responses are this close (1 - cosine)"
     )
@@ -54,24 +55,27 @@ class PairConfig(_Stage):
 class ActivationConfig(_Stage):
     """Where hidden states are read from."""
 
-    hook_point: HookPoint = "mlp"
-    batch_size: int = Field(8, ge=1)
+    hook_point: HookPoint = Field("mlp", description="mlp: MLP output | layer: decoder-layer output (residual)")
+    token: Literal["last", "response-mean"] = Field(
+        "last", description="read the last token, or average over the response's tokens"
+    )
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     max_length: int = Field(384, ge=16, description="tokens per (prompt+response) sequence")
 
 
 class DirectionConfig(_Stage):
     """Estimators and the layer selector."""
 
-    personal: PersonalEstimator = "svd"
-    neutral: NeutralEstimator = "ccs"
+    personal: PersonalEstimator = Field("svd", description="svd (uncentred) | svd-centered | svd-diff | mean-diff")
+    neutral: NeutralEstimator = Field("ccs", description="ccs (Burns et al.) | mean-diff")
     rank: int = Field(1, ge=1, description="personalized subspace rank")
-    layer_rule: LayerRule = "band"
+    layer_rule: LayerRule = Field("band", description="band | ccs-loss (lowest loss) | validation (held-out pairs)")
     n_layers: int = Field(4, ge=1, description="layers kept by the ccs-loss or validation rule")
     band: tuple[float, float] = Field((0.3, 0.6), description="fraction of depth for the band rule")
-    ccs_restarts: int = Field(5, ge=1)
-    ccs_epochs: int = Field(300, ge=10)
-    ccs_lr: float = Field(1e-2, gt=0)
-    ccs_weight_decay: float = Field(1e-2, ge=0)
+    ccs_restarts: int = Field(5, ge=1, description="CCS random restarts (best loss kept)")
+    ccs_epochs: int = Field(300, ge=10, description="CCS full-batch optimizer steps")
+    ccs_lr: float = Field(1e-2, gt=0, description="CCS learning rate (AdamW)")
+    ccs_weight_decay: float = Field(1e-2, ge=0, description="CCS weight decay")
     holdout_fraction: float = Field(0.25, gt=0, lt=1, description="pairs held out by the validation rule")
 
     @model_validator(mode="after")
@@ -85,18 +89,23 @@ class DirectionConfig(_Stage):
 class EditConfig(_Stage):
     """Strengths and positions of the inference-time edit."""
 
-    alpha: float = Field(0.5, description="add α·proj(x, θP)")
-    beta: float = Field(0.5, description="remove β·proj(x, θN)")
+    mode: EditMode = Field(
+        "project",
+        description="project: x + α·proj(x, θP) − β·proj(x, θN) (the paper); "
+        "add: x + α·gap·θP − β·proj(x, θN), gap = class-mean distance along θP",
+    )
+    alpha: float = Field(0.5, description="personalized strength α")
+    beta: float = Field(0.5, description="neutral removal strength β (remove β·proj(x, θN))")
     max_edit_ratio: float | None = Field(
         None, gt=0, description="bound ‖Δx‖ ≤ ratio·‖x‖ per position (None: unbounded)"
     )
-    positions: Position = "last"
+    positions: Position = Field("last", description="last (prompt end + generated) | all | generated")
 
 
 class FitConfig(_Stage):
     """The whole pipeline: history → UserEdit."""
 
-    seed: int = 0
+    seed: int = Field(0, description="seed for sampling, PCA and CCS restarts")
     selection: SelectionConfig = SelectionConfig()
     insights: InsightConfig = InsightConfig()
     pairs: PairConfig = PairConfig()

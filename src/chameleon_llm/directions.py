@@ -140,6 +140,7 @@ class Directions:
 
     personal: torch.Tensor  # (n_layers, rank, hidden)
     neutral: torch.Tensor  # (n_layers, hidden)
+    gap: torch.Tensor  # (n_layers, rank): class-mean gap along each personalized basis row
     ccs_loss: torch.Tensor  # (n_layers,)
     stats: dict[str, list[float]]
 
@@ -153,6 +154,7 @@ def estimate(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, *, seed
     result = ccs(pos, neg, restarts=cfg.ccs_restarts, epochs=cfg.ccs_epochs, lr=cfg.ccs_lr,
                  weight_decay=cfg.ccs_weight_decay, seed=seed)
     neutral = result.directions if cfg.neutral == "ccs" else neutral_mean_diff(pos, neg)
+    gap = torch.einsum("lrd,ld->lr", personal, pos.mean(0) - neg.mean(0))
     top = personal[:, 0]
     stats = {
         "ccs_loss": result.loss.tolist(),
@@ -161,7 +163,7 @@ def estimate(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, *, seed
         "neutral_pair_accuracy": (1.0 - pair_accuracy(pos, neg, neutral)).tolist(),
         "personal_neutral_cosine": (top * neutral).sum(-1).tolist(),
     }
-    return Directions(personal=personal, neutral=neutral, ccs_loss=result.loss, stats=stats)
+    return Directions(personal=personal, neutral=neutral, gap=gap, ccs_loss=result.loss, stats=stats)
 
 
 LayerSelector = Callable[[torch.Tensor, torch.Tensor, DirectionConfig, int], list[int]]

@@ -41,15 +41,26 @@ class UserEdit:
     stats: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    gap: torch.Tensor | None = None  # (n_layers, rank): class-mean gap along each basis row ("add" mode)
 
     def __post_init__(self) -> None:
         n = len(self.layers)
+        if self.gap is None:
+            object.__setattr__(self, "gap", torch.zeros(n, self.personal.shape[1]))
+        elif tuple(self.gap.shape) != tuple(self.personal.shape[:2]):
+            raise EditFileError(f"gap must be (n_layers, rank)={tuple(self.personal.shape[:2])}, "
+                                f"got {tuple(self.gap.shape)}")
         if self.personal.ndim != 3 or self.personal.shape[0] != n:
             raise EditFileError(f"personal must be (n_layers={n}, rank, hidden), got {tuple(self.personal.shape)}")
         if self.neutral.shape != (n, self.personal.shape[2]):
             raise EditFileError(f"neutral must be ({n}, hidden), got {tuple(self.neutral.shape)}")
         if len(set(self.layers)) != n:
             raise EditFileError(f"duplicate layers in {self.layers}")
+
+    @property
+    def gaps(self) -> torch.Tensor:
+        assert self.gap is not None
+        return self.gap
 
     @property
     def alpha(self) -> float:
@@ -85,7 +96,7 @@ class UserEdit:
         """Content hash of tensors and metadata (creation time and versions excluded)."""
         h = hashlib.sha256()
         h.update(json.dumps(self.metadata(), sort_keys=True, default=str).encode())
-        for t in (self.personal, self.neutral):
+        for t in (self.personal, self.neutral, self.gaps):
             h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
         return h.hexdigest()[:20]
 
@@ -94,7 +105,8 @@ class UserEdit:
                 "provenance": json.dumps(self.provenance, sort_keys=True, default=str),
                 "id": self.id}
         tensors = {"personal": self.personal.detach().to(torch.float32).contiguous(),
-                   "neutral": self.neutral.detach().to(torch.float32).contiguous()}
+                   "neutral": self.neutral.detach().to(torch.float32).contiguous(),
+                   "gap": self.gaps.detach().to(torch.float32).contiguous()}
         return st_save(tensors, metadata=meta)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -110,21 +122,30 @@ class UserEdit:
             raise EditFileError(f"{source} is not a readable Chameleon edit: {exc}") from exc
         if "chameleon" not in meta_raw or "personal" not in tensors or "neutral" not in tensors:
             raise EditFileError(f"{source} is a safetensors file but not a Chameleon edit (no metadata)")
-        meta = json.loads(meta_raw["chameleon"])
-        if meta.get("format") != FORMAT:
-            raise EditFileError(f"{source}: unsupported edit format {meta.get('format')!r}, expected {FORMAT}")
-        edit = cls(
-            layers=tuple(int(x) for x in meta["layers"]),
-            personal=tensors["personal"],
-            neutral=tensors["neutral"],
-            hook_point=meta["hook_point"],
-            strengths=EditConfig.model_validate(meta["strengths"]),
-            model=meta["model"],
-            insights=meta.get("insights", {}),
-            stats=meta.get("stats", {}),
-            config=meta.get("config", {}),
-            provenance=json.loads(meta_raw.get("provenance", "{}")),
-        )
+        try:
+            meta = json.loads(meta_raw["chameleon"])
+            if meta.get("format") != FORMAT:
+                raise EditFileError(
+                    f"{source}: unsupported edit format {meta.get('format')!r}, expected {FORMAT}"
+                )
+            edit = cls(
+                layers=tuple(int(x) for x in meta["layers"]),
+                personal=tensors["personal"],
+                neutral=tensors["neutral"],
+                gap=tensors.get("gap"),
+                hook_point=meta["hook_point"],
+                strengths=EditConfig.model_validate(meta["strengths"]),
+                model=meta["model"],
+                insights=meta.get("insights", {}),
+                stats=meta.get("stats", {}),
+                config=meta.get("config", {}),
+                provenance=json.loads(meta_raw.get("provenance", "{}")),
+            )
+        except EditFileError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # bad JSON, fields or values
+            problem = f"{type(exc).__name__}: {exc}"
+            raise EditFileError(f"{source} has damaged Chameleon metadata: {problem}") from exc
         stored = meta_raw.get("id")
         if stored is not None and stored != edit.id:
             raise EditFileError(

@@ -59,6 +59,10 @@ def pair_texts(lm: LoadedModel, pairs: Sequence[Pair]) -> tuple[list[str], list[
     return pos, neg
 
 
+def _n_tokens(lm: LoadedModel, text: str) -> int:
+    return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def _pair_cache_path(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig, root: Path) -> Path:
     key = f"{lm.config_hash}-{history_fingerprint(history)}-{cfg.generation_key()}"
     return root / "pairs" / f"{key}.json"
@@ -97,8 +101,11 @@ def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insi
     acfg = cfg.activations
     with _timed(timings, "activations", progress):
         pos_texts, neg_texts = pair_texts(lm, pairs)
+        counts = None
+        if acfg.token == "response-mean":
+            counts = [_n_tokens(lm, p.personal) for p in pairs] + [_n_tokens(lm, p.neutral) for p in pairs]
         states = collect_last_token(lm, pos_texts + neg_texts, hook_point=acfg.hook_point,
-                                    batch_size=acfg.batch_size, max_length=acfg.max_length)
+                                    batch_size=acfg.batch_size, max_length=acfg.max_length, mean_last=counts)
         pos, neg = states[: len(pairs)], states[len(pairs) :]
     with _timed(timings, "directions", progress):
         dirs = estimate(pos, neg, cfg.directions, seed=cfg.seed)
@@ -111,6 +118,7 @@ def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insi
         layers=tuple(layers),
         personal=dirs.personal[layers].contiguous(),
         neutral=dirs.neutral[layers].contiguous(),
+        gap=dirs.gap[layers].contiguous(),
         hook_point=acfg.hook_point,
         strengths=cfg.edit,
         model=lm.identity,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from .activations import position_kwargs
 from .edit import UserEdit
 from .models import LoadedModel, chat_prompt, encode
 from .steering import steer
@@ -23,6 +24,7 @@ class GenerationOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = 1024
+    min_new_tokens: int = 0  # > 0 forces length (benchmarks compare equal token counts)
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -55,6 +57,7 @@ def generate_raw(
     sample = opts.temperature > 0
     kwargs: dict[str, object] = {
         "max_new_tokens": opts.max_new_tokens,
+        "min_new_tokens": opts.min_new_tokens or None,
         "do_sample": sample,
         "pad_token_id": lm.tokenizer.pad_token_id,
     }
@@ -115,7 +118,8 @@ def continuation_logprobs(
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=lm.device)
     prompt_lens = [width - n for n in cont_lens]  # per row: where its continuation starts
     with torch.inference_mode(), steer(lm, rows, batch_size=len(prompts), prompt_len=prompt_lens):
-        logits = lm.model(input_ids=input_ids, attention_mask=mask).logits.float()
+        positions = position_kwargs(lm.model, mask)
+        logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits.float()
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     target = input_ids[:, 1:]
     tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)

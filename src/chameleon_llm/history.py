@@ -93,7 +93,8 @@ def load_history(path: str | Path, *, max_chars: int = DEFAULT_MAX_CHARS) -> lis
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as exc:
-                    raise HistoryError(f"{p} line {n} is not valid JSON: {exc.msg}") from exc
+                    where = f"line {n} is not valid JSON (column {exc.colno})"
+                    raise HistoryError(f"{p} {where}: {exc.msg}") from exc
         return parse_history(records, source=str(p), max_chars=max_chars)
     try:
         data = json.loads(text)

@@ -31,7 +31,8 @@ class _LayerPlan:
 
     personal: torch.Tensor  # (B, r, d)
     neutral: torch.Tensor  # (B, d)
-    alpha: torch.Tensor  # (B,)
+    shift: torch.Tensor  # (B, d): α·Σ gap_r·P_r for rows in "add" mode, else 0
+    alpha: torch.Tensor  # (B,): α for rows in "project" mode, else 0
     beta: torch.Tensor  # (B,)
     ratio: torch.Tensor  # (B,) inf = unbounded
     start: torch.Tensor  # (B,) first absolute position edited per row
@@ -45,7 +46,7 @@ class _PositionTracker:
         self.offset = 0
 
     def pre_hook(self, _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        past = kwargs.get("past_key_values")
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 renamed it "cache"
         past_len = 0
         if past is not None and hasattr(past, "get_seq_length"):
             past_len = int(past.get_seq_length())
@@ -71,12 +72,12 @@ def _start_position(positions: str, prompt_len: int) -> int:
 
 
 def _edit_delta(x: torch.Tensor, plan: _LayerPlan, offset: int) -> torch.Tensor:
-    """Δx = α·PᵀPx − β·(n·x)n per row, bounded and masked by position."""
+    """Δx = α·PᵀPx (project) or α·gap·P (add), minus β·(n·x)n, per row; bounded and masked by position."""
     coef_p = torch.einsum("btd,brd->btr", x, plan.personal)
     add_p = torch.einsum("btr,brd->btd", coef_p, plan.personal)
     coef_n = torch.einsum("btd,bd->bt", x, plan.neutral)
     rem_n = coef_n.unsqueeze(-1) * plan.neutral.unsqueeze(1)
-    delta = plan.alpha[:, None, None] * add_p - plan.beta[:, None, None] * rem_n
+    delta = plan.alpha[:, None, None] * add_p + plan.shift[:, None, :] - plan.beta[:, None, None] * rem_n
     if torch.isfinite(plan.ratio).any():
         dn = delta.norm(dim=-1, keepdim=True)
         limit = plan.ratio[:, None, None] * x.norm(dim=-1, keepdim=True)
@@ -100,6 +101,7 @@ def _plans(
     for key in keys:
         personal = torch.zeros(rows, rank, d, dtype=dtype, device=device)
         neutral = torch.zeros(rows, d, dtype=dtype, device=device)
+        shift = torch.zeros(rows, d, dtype=dtype, device=device)
         alpha = torch.zeros(rows, dtype=dtype, device=device)
         beta = torch.zeros(rows, dtype=dtype, device=device)
         ratio = torch.full((rows,), float("inf"), dtype=dtype, device=device)
@@ -111,11 +113,15 @@ def _plans(
             p = e.personal[j].to(device=device, dtype=dtype)
             personal[i, : p.shape[0]] = p
             neutral[i] = e.neutral[j].to(device=device, dtype=dtype)
-            alpha[i], beta[i] = e.alpha, e.beta
+            beta[i] = e.beta
+            if e.strengths.mode == "add":
+                shift[i] = e.alpha * (e.gaps[j].to(device=device, dtype=dtype) @ p)
+            else:
+                alpha[i] = e.alpha
             if e.strengths.max_edit_ratio is not None:
                 ratio[i] = e.strengths.max_edit_ratio
             start[i] = _start_position(e.positions, prompt_lens[i])
-        plans[key] = _LayerPlan(personal, neutral, alpha, beta, ratio, start)
+        plans[key] = _LayerPlan(personal, neutral, shift, alpha, beta, ratio, start)
     return plans
 
 

@@ -163,7 +163,9 @@ def parse_questions(data: Any, path: str | Path | None = None) -> list[LampQuery
 
 def _parse_query(record: Any, index: int, path: str | Path | None) -> LampQuery:
     if not isinstance(record, dict):
-        raise LampFormatError(path, f"a query must be a JSON object, got {type(record).__name__}", index=index)
+        raise LampFormatError(
+            path, f"a query must be a JSON object, got {type(record).__name__}", index=index
+        )
     qid = record.get("id")
     if not isinstance(qid, str):
         raise LampFormatError(
@@ -174,7 +176,9 @@ def _parse_query(record: Any, index: int, path: str | Path | None) -> LampQuery:
         )
     text = record.get("input")
     if not isinstance(text, str):
-        problem = "missing 'input'" if text is None else f"'input' must be a string, got {type(text).__name__}"
+        problem = (
+            "missing 'input'" if text is None else f"'input' must be a string, got {type(text).__name__}"
+        )
         raise LampFormatError(path, problem, index=index, record_id=qid, fix="add the query text as 'input'")
     profile = record.get("profile")
     if not isinstance(profile, list) or not all(isinstance(p, dict) for p in profile):
@@ -208,7 +212,9 @@ def parse_outputs(data: Any, path: str | Path | None = None) -> tuple[str | None
         )
     task = data.get("task")
     if task is not None and not isinstance(task, str):
-        raise LampFormatError(path, f"'task' must be a string, got {type(task).__name__}", fix='e.g. "LaMP_4"')
+        raise LampFormatError(
+            path, f"'task' must be a string, got {type(task).__name__}", fix='e.g. "LaMP_4"'
+        )
     outputs: dict[str, str] = {}
     for index, record in enumerate(data["golds"]):
         rid = record.get("id") if isinstance(record, dict) else None
@@ -229,7 +235,9 @@ def parse_outputs(data: Any, path: str | Path | None = None) -> tuple[str | None
                 fix="write the answer text as 'output'",
             )
         if rid in outputs:
-            raise LampFormatError(path, "duplicate id", index=index, record_id=rid, fix="keep one entry per id")
+            raise LampFormatError(
+                path, "duplicate id", index=index, record_id=rid, fix="keep one entry per id"
+            )
         outputs[rid] = output
     return task, outputs
 
@@ -273,11 +281,14 @@ def _pick_task(
             from_file = resolve_task(task_field, golds=gold_values, queries=raw)
         except ValueError as exc:
             if explicit is None:
-                raise LampFormatError(path, f"cannot use its task {task_field!r}: {exc}", fix="pass task=...") from exc
+                raise LampFormatError(
+                    path, f"cannot use its task {task_field!r}: {exc}", fix="pass task=..."
+                ) from exc
     if explicit is not None and from_file is not None and explicit.name != from_file.name:
         raise LampFormatError(
             path,
-            f"task={explicit.name!r} was requested but the data is {from_file.name!r} (task field {task_field!r})",
+            f"task={explicit.name!r} was requested but the data is {from_file.name!r} "
+            f"(task field {task_field!r})",
             fix="pass the matching task or the matching outputs file",
         )
     spec = explicit or from_file or _guess_task(queries, raw)
@@ -358,11 +369,15 @@ def _find_file(folder: Path, stem: str, split: str | None) -> Path | None:
     found = sorted(folder.glob(f"*_{stem}.json"))
     if len(found) > 1:
         names = ", ".join(p.name for p in found)
-        raise LampFormatError(folder, f"several {stem} files ({names})", fix="pass split='dev' (or train/test)")
+        raise LampFormatError(
+            folder, f"several {stem} files ({names})", fix="pass split='dev' (or train/test)"
+        )
     return found[0] if found else None
 
 
-def load_task_dir(path: str | Path, task: str | TaskSpec | None = None, *, split: str | None = None) -> LampDataset:
+def load_task_dir(
+    path: str | Path, task: str | TaskSpec | None = None, *, split: str | None = None
+) -> LampDataset:
     """Load a folder with ``questions.json``, optional ``outputs.json`` and optional ``labels.json``.
 
     Official names (``dev_questions.json``/``dev_outputs.json``) are found too; pass ``split`` when

@@ -158,7 +158,7 @@ def bootstrap_rouge_mid(values: Mapping[str, Sequence[float]], seed: int) -> dic
     result: dict[str, float] = {}
     for name in _OFFICIAL_ROUGE_TYPES:
         key = _ROUGE_KEYS.get(name)
-        column = np.asarray(values[key], dtype=float) if key in values else None
+        column = np.array(values[key], dtype=np.float64) if key is not None and key in values else None
         means = np.zeros(_BOOTSTRAP_SAMPLES)
         for i in range(_BOOTSTRAP_SAMPLES):
             index = rng.choice(np.arange(n), size=n)
@@ -195,7 +195,7 @@ def per_user_scores(
     golds: Mapping[str, str],
     users: Mapping[str, Iterable[str | _HasId]],
 ) -> dict[str, dict[str, float]]:
-    """Official metrics per user; ``users`` maps a user to its query ids (or queries, e.g. ``dataset.users()``)."""
+    """Official metrics per user; ``users`` maps a user to query ids or queries (e.g. ``dataset.users()``)."""
     spec = _spec(task, golds)
     rows = per_query_scores(spec, preds, golds)
     result: dict[str, dict[str, float]] = {}

@@ -437,7 +437,7 @@ def _parse_generation(text: str) -> str | None:
 
 
 def parse_answer(task: str | TaskSpec, text: str) -> str | None:
-    """Normalize a model completion to a label, a rating (``"1"``…``"5"``) or a title; ``None`` if unparsable."""
+    """Normalize a model completion to a label, a rating or a title; ``None`` when unparsable."""
     spec = get_task(task)
     if spec.name == "LaMP_1":
         return _parse_citation(text)
