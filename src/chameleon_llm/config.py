@@ -100,6 +100,11 @@ class EditConfig(_Stage):
         None, gt=0, description="bound ‖Δx‖ ≤ ratio·‖x‖ per position (None: unbounded)"
     )
     positions: Position = Field("last", description="last (prompt end + generated) | all | generated")
+    calibrate: bool = Field(
+        False, description="choose α per user from alpha_grid by held-out history log-likelihood"
+    )
+    alpha_grid: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), description="α candidates (0 is always tried)")
+    calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
 
 
 class FitConfig(_Stage):

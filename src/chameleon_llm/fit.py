@@ -6,12 +6,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from .activations import collect_last_token
+from .calibration import calibrate_alpha
 from .config import FitConfig
 from .directions import Directions, estimate, select_layers
 from .edit import UserEdit
@@ -130,6 +131,22 @@ def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insi
     return edit, dirs
 
 
+def calibrate_edit(lm: LoadedModel, edit: UserEdit, history: Sequence[HistoryItem], selected: Sequence[int],
+                   cfg: FitConfig, timings: dict[str, float], progress: Progress | None = None) -> UserEdit:
+    """Set α by held-out log-likelihood on history items that were not used for pairs."""
+    used = set(selected)
+    heldout = [it for i, it in enumerate(history) if i not in used][: cfg.edit.calibration_items]
+    if not heldout:
+        stats = {**edit.stats, "calibration": "skipped: every history item was used for pairs"}
+        return replace(edit, stats=stats)
+    with _timed(timings, "calibrate", progress):
+        cal = calibrate_alpha(lm, edit, heldout, cfg.edit.alpha_grid)
+    stats = {**edit.stats, "calibration": {"alpha": cal.alpha, "n_items": cal.n_items,
+                                           "loglik_per_token": {str(a): round(v, 5) for a, v in cal.scores.items()}}}
+    return replace(edit.with_strengths(alpha=cal.alpha), stats=stats,
+                   provenance={**edit.provenance, "timings": timings})
+
+
 def fit_user(
     lm: LoadedModel,
     history: Sequence[HistoryItem],
@@ -153,6 +170,8 @@ def fit_user(
     cache_path = _pair_cache_path(lm, history, cfg, root) if cache else None
     pairs, insights, selected = build_pairs(lm, history, cfg, emb, timings, progress, cache_path)
     edit, dirs = edit_from_pairs(lm, pairs, cfg, insights, timings, progress)
+    if cfg.edit.calibrate:
+        edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress)
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 4)
     return FitResult(edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings,
                      directions=dirs)

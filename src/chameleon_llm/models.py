@@ -87,7 +87,7 @@ def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
     """What makes two models interchangeable for an edit: architecture and shape-defining config."""
     cfg = model.config
     n_layers = _num_layers(model)
-    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", 0))
+    hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 0)
     keys = ("model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "intermediate_size",
             "num_attention_heads", "vocab_size", "rope_theta", "rms_norm_eps", "layer_norm_epsilon")
     core = {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
@@ -136,7 +136,7 @@ def convert_packaged(name: str, *, force: bool = False) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        model.hf_quantizer = None  # a GGUF-loaded model saves only without its quantizer
+        model.hf_quantizer = None  # type: ignore[assignment]  # a GGUF model saves only without it
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
@@ -179,7 +179,7 @@ def wrap_model(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str, *, device: str = "cpu"
 ) -> LoadedModel:
     """Prepare an already-built model (eval mode, left padding, a pad token) for Chameleon."""
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]
     model.eval()
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"  # keep the end of a long prompt: the part nearest the answer

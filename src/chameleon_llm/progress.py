@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-FIT_STAGES = ("select", "insights", "pairs", "activations", "directions")
+FIT_STAGES = ("select", "insights", "pairs", "activations", "directions", "calibrate")
 
 
 @contextmanager
@@ -37,8 +37,11 @@ def stage_progress(enabled: bool = True, stages: tuple[str, ...] = FIT_STAGES,
 @contextmanager
 def item_progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)`` for a bar over ``total`` items (users, queries, …) with an ETA."""
+    def noop(n: int = 1) -> None:
+        return None
+
     if not enabled:
-        yield lambda n=1: None
+        yield noop
         return
     from rich.progress import TimeRemainingColumn
 
@@ -46,4 +49,8 @@ def item_progress(total: int, label: str, enabled: bool = True) -> Iterator[Call
                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(label, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance

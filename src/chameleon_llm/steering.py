@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .config import HookPoint
 from .edit import UserEdit
 from .hookpoints import hook_module, output_tensor, replace_output
 from .models import LoadedModel
@@ -172,11 +173,13 @@ def steer(
     for e in rows:
         if e is not None:
             e.check_model(lm.identity)
-    keys = sorted({(e.hook_point, layer) for e in rows if e is not None for layer in e.layers})
+    keys: list[tuple[HookPoint, int]] = sorted(
+        {(e.hook_point, layer) for e in rows if e is not None for layer in e.layers}
+    )
     try:
         handles.append(lm.model.register_forward_pre_hook(tracker.pre_hook, with_kwargs=True))
         for key in keys:
-            module = hook_module(lm.model, key[1], key[0])  # type: ignore[arg-type]
+            module = hook_module(lm.model, key[1], key[0])
             handles.append(module.register_forward_hook(make_hook(key)))
         yield
     finally:

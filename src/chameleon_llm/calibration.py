@@ -1,0 +1,46 @@
+"""Choose the edit's strength from the user's own held-out history (never from evaluation golds).
+
+Score of a strength α: the mean per-token log-likelihood of the user's real outputs for held-out
+history inputs, under the edit with that α (teacher forcing). α = 0 is always a candidate, so an edit
+that does not make the user's real answers more likely is switched off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .edit import UserEdit
+from .generation import continuation_logprobs
+from .history import HistoryItem
+from .models import LoadedModel, chat_prompt
+
+DEFAULT_QUERY = "Write something in your usual style."
+
+
+@dataclass(frozen=True)
+class Calibration:
+    alpha: float
+    scores: dict[float, float]  # α -> mean log-likelihood per token of held-out outputs
+    n_items: int
+
+
+def heldout_loglik(lm: LoadedModel, edit: UserEdit | None, items: Sequence[HistoryItem],
+                   max_chars: int = 600) -> float:
+    """Mean per-token log-likelihood of the items' outputs given their inputs (edit applied)."""
+    prompts = [chat_prompt(lm, it.input.strip() or DEFAULT_QUERY) for it in items]
+    outputs = [it.output[:max_chars] for it in items]
+    logps = continuation_logprobs(lm, prompts, outputs, edit)
+    n_tokens = [max(1, len(lm.tokenizer(o, add_special_tokens=False)["input_ids"])) for o in outputs]
+    return sum(lp / n for lp, n in zip(logps, n_tokens, strict=True)) / len(items)
+
+
+def calibrate_alpha(lm: LoadedModel, edit: UserEdit, items: Sequence[HistoryItem],
+                    grid: Sequence[float]) -> Calibration:
+    """Pick the α in ``grid`` (plus 0) that maximizes held-out log-likelihood; β is kept."""
+    if not items:
+        raise ValueError("calibration needs at least one held-out history item")
+    candidates = sorted({0.0, *grid})
+    scores = {a: heldout_loglik(lm, edit.with_strengths(alpha=a), items) for a in candidates}
+    best = max(candidates, key=lambda a: (scores[a], -a))
+    return Calibration(alpha=best, scores=scores, n_items=len(items))

@@ -1,0 +1,159 @@
+"""Generation and scoring: exact log-probabilities, per-row edits, stop strings, batch = one by one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chameleon_llm.edit import UserEdit
+from chameleon_llm.generation import GenerationOptions, continuation_logprobs, generate, generate_raw
+from chameleon_llm.models import LoadedModel, chat_prompt
+from conftest import EditFactory
+
+QUESTIONS = [
+    "what should I cook tonight ?",
+    "Please write a short review of the new phone .",
+    "I love science fiction",
+    "Summarize the article about climate policy in two sentences .",
+]
+CONTINUATIONS = [
+    "a vegetable curry .",
+    "The new phone is quick",
+    "novels on rainy evenings",
+    "The article is about climate policy and the meeting moved to Thursday .",
+]
+
+
+def manual_logprob(lm: LoadedModel, prompt: str, continuation: str) -> float:
+    """Sum of log p(continuation token | everything before it), one unpadded sequence at a time."""
+    tok = lm.tokenizer
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tok(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([p_ids + c_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].double(), dim=-1)
+    return sum(float(logp[len(p_ids) + j - 1, c]) for j, c in enumerate(c_ids))
+
+
+def rendered(lm: LoadedModel) -> list[str]:
+    return [chat_prompt(lm, q) for q in QUESTIONS]
+
+
+def test_continuation_logprobs_equal_manual_computation(lm: LoadedModel) -> None:
+    prompts = rendered(lm)
+    lengths = {len(lm.tokenizer(p + c)["input_ids"]) for p, c in zip(prompts, CONTINUATIONS, strict=True)}
+    assert len(lengths) > 2  # the batch is padded
+    scores = continuation_logprobs(lm, prompts, CONTINUATIONS)
+    expected = [manual_logprob(lm, p, c) for p, c in zip(prompts, CONTINUATIONS, strict=True)]
+    assert scores == pytest.approx(expected, abs=1e-4, rel=1e-5)
+    assert all(s < 0 for s in scores)
+
+
+def test_continuation_logprobs_with_edits(lm: LoadedModel, make_edit: EditFactory) -> None:
+    prompts = rendered(lm)
+    base = continuation_logprobs(lm, prompts, CONTINUATIONS)
+    user_a = make_edit(lm, seed=1, alpha=3.0, beta=1.0, positions="last")
+    user_b = make_edit(lm, seed=2, alpha=3.0, beta=1.0, positions="all", hook_point="layer")
+    rows: list[UserEdit | None] = [user_a, None, user_b, user_a]
+    edited = continuation_logprobs(lm, prompts, CONTINUATIONS, rows)
+    for i, e in enumerate(rows):
+        if e is None:
+            assert edited[i] == pytest.approx(base[i], abs=1e-4)
+        else:
+            assert abs(edited[i] - base[i]) > 1e-3
+    # per-row edits in one padded batch = each row scored alone with its edit
+    alone = [
+        continuation_logprobs(lm, [p], [c], [e])[0]
+        for p, c, e in zip(prompts, CONTINUATIONS, rows, strict=True)
+    ]
+    assert edited == pytest.approx(alone, abs=1e-4, rel=1e-5)
+    # a single edit for every row
+    single = continuation_logprobs(lm, prompts, CONTINUATIONS, user_a)
+    assert single[0] == pytest.approx(edited[0], abs=1e-4)
+
+
+def test_generated_positions_leave_the_first_continuation_token_alone(
+    llama: LoadedModel, make_edit: EditFactory
+) -> None:
+    """With positions='generated' the edit starts at each row's own continuation (per-row prompt
+    lengths), so a one-token continuation is scored exactly as without the edit; 'last' changes it."""
+    prompts = rendered(llama)
+    one_token = ["curry", "phone", "novels", "Thursday"]
+    assert all(len(llama.tokenizer(c)["input_ids"]) == 1 for c in one_token)
+    base = continuation_logprobs(llama, prompts, one_token)
+    generated = make_edit(llama, alpha=3.0, beta=1.0, positions="generated")
+    assert continuation_logprobs(llama, prompts, one_token, generated) == pytest.approx(base, abs=1e-5)
+    last = generated.with_strengths(positions="last")
+    changed = continuation_logprobs(llama, prompts, one_token, last)
+    assert all(abs(c - b) > 1e-3 for c, b in zip(changed, base, strict=True))
+    # longer continuations: 'generated' changes every token after the first
+    longer = continuation_logprobs(llama, prompts, CONTINUATIONS, generated)
+    base_long = continuation_logprobs(llama, prompts, CONTINUATIONS)
+    assert all(abs(c - b) > 1e-3 for c, b in zip(longer, base_long, strict=True))
+
+
+def test_stop_strings_cut_the_output(lm: LoadedModel) -> None:
+    prompt = rendered(lm)[:1]
+    full = generate_raw(lm, prompt, None, GenerationOptions(max_new_tokens=12))[0]
+    words = full.split()
+    assert len(words) >= 4, full
+    stop = words[2]
+    cut = full[: full.find(stop)].strip()
+    calls: list[int] = []
+    counter = lm.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        stopped = generate_raw(lm, prompt, None, GenerationOptions(max_new_tokens=12, stop=(stop,)))[0]
+    finally:
+        counter.remove()
+    assert stopped == cut
+    assert len(calls) < 12  # generation stopped at the stop string, not at max_new_tokens
+    assert stop not in stopped
+    # with several stop strings, the text ends before the earliest occurrence of any of them
+    stops = (words[3], stop)
+    both = generate_raw(lm, prompt, None, GenerationOptions(max_new_tokens=12, stop=stops))[0]
+    assert both == full[: min(full.find(s) for s in stops)].strip()
+
+
+def test_stop_strings_in_a_batch_cut_each_row(lm: LoadedModel) -> None:
+    prompts = rendered(lm)[:3]
+    opts = GenerationOptions(max_new_tokens=10)
+    full = generate_raw(lm, prompts, None, opts)
+    stop = full[0].split()[1]
+    stopped = generate_raw(lm, prompts, None, GenerationOptions(max_new_tokens=10, stop=(stop,)))
+    for f, s in zip(full, stopped, strict=True):
+        assert s == (f[: f.find(stop)].strip() if stop in f else f)
+
+
+def test_batch_equals_one_by_one(lm: LoadedModel) -> None:
+    prompts = rendered(lm)
+    opts = GenerationOptions(max_new_tokens=8)
+    batch = generate_raw(lm, prompts, None, opts)
+    alone = [generate_raw(lm, [p], None, opts)[0] for p in prompts]
+    assert batch == alone
+    assert len(set(batch)) > 1 and all(batch)
+
+
+def test_generate_chat_batches(lm: LoadedModel, make_edit: EditFactory) -> None:
+    opts = GenerationOptions(max_new_tokens=6)
+    edit = make_edit(lm, alpha=6.0, beta=1.0)
+    rows: list[UserEdit | None] = [edit, None, edit, None]
+    by_two = generate(lm, QUESTIONS, rows, opts, batch_size=2)
+    by_one = generate(lm, QUESTIONS, rows, opts, batch_size=1)
+    assert by_two == by_one
+    assert by_two == generate_raw(lm, rendered(lm), rows, opts)
+    with pytest.raises(ValueError, match="4 prompts but 3 edits"):
+        generate(lm, QUESTIONS, rows[:3], opts)
+
+
+def test_empty_prompt_list(llama: LoadedModel) -> None:
+    assert generate_raw(llama, [], None) == []
+
+
+def test_sampling_is_seeded(llama: LoadedModel) -> None:
+    prompts = rendered(llama)[:2]
+    opts = GenerationOptions(max_new_tokens=8, temperature=1.5, seed=3)
+    first = generate_raw(llama, prompts, None, opts)
+    assert generate_raw(llama, prompts, None, opts) == first
+    others = {tuple(generate_raw(llama, prompts, None, GenerationOptions(8, 1.5, seed=s))) for s in range(4)}
+    assert len(others) > 1
+    torch.manual_seed(0)
