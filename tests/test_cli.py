@@ -67,3 +67,12 @@ def test_help_lists_commands() -> None:
     assert result.exit_code == 0
     for cmd in ("fit", "generate", "inspect", "demo", "score", "data"):
         assert cmd in result.output
+
+
+def test_presets() -> None:
+    paper = build_config(None, [], preset="paper")
+    assert paper.pairs.source == "synthetic" and paper.edit.mode == "project"
+    assert paper.directions.layer_rule == "ccs-loss" and paper.edit.alpha == 0.5
+    assert build_config(None, ["edit.alpha=2"], preset="paper").edit.alpha == 2.0
+    with pytest.raises(UsageError, match="unknown preset"):
+        build_config(None, [], preset="nope")

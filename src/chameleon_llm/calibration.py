@@ -21,8 +21,10 @@ DEFAULT_QUERY = "Write something in your usual style."
 @dataclass(frozen=True)
 class Calibration:
     alpha: float
-    scores: dict[float, float]  # α -> mean log-likelihood per token of held-out outputs
+    beta: float
+    scores: dict[tuple[float, float], float]  # (α, β) -> mean log-likelihood per token of held-out outputs
     n_items: int
+    baseline: float  # the unedited model's score
 
 
 def heldout_loglik(lm: LoadedModel, edit: UserEdit | None, items: Sequence[HistoryItem],
@@ -36,11 +38,15 @@ def heldout_loglik(lm: LoadedModel, edit: UserEdit | None, items: Sequence[Histo
 
 
 def calibrate_alpha(lm: LoadedModel, edit: UserEdit, items: Sequence[HistoryItem],
-                    grid: Sequence[float]) -> Calibration:
-    """Pick the α in ``grid`` (plus 0) that maximizes held-out log-likelihood; β is kept."""
+                    grid: Sequence[float], beta_grid: Sequence[float] | None = None) -> Calibration:
+    """Pick (α, β) from ``grid`` (plus 0) × ``beta_grid`` (default: the edit's β) maximizing held-out
+    log-likelihood; ties go to the weaker edit."""
     if not items:
         raise ValueError("calibration needs at least one held-out history item")
-    candidates = sorted({0.0, *grid})
-    scores = {a: heldout_loglik(lm, edit.with_strengths(alpha=a), items) for a in candidates}
-    best = max(candidates, key=lambda a: (scores[a], -a))
-    return Calibration(alpha=best, scores=scores, n_items=len(items))
+    alphas = sorted({0.0, *grid})
+    betas = sorted(set(beta_grid)) if beta_grid else [edit.beta]
+    baseline = heldout_loglik(lm, None, items)
+    scores = {(a, b): heldout_loglik(lm, edit.with_strengths(alpha=a, beta=b), items)
+              for a in alphas for b in betas}
+    best = max(scores, key=lambda ab: (scores[ab], -ab[0] - ab[1]))
+    return Calibration(alpha=best[0], beta=best[1], scores=scores, n_items=len(items), baseline=baseline)

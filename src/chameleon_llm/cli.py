@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import FitConfig
+from .config import PRESETS, FitConfig
 from .edit import EditFileError, UserEdit
 from .fit import FitError
 from .history import HistoryError, HistoryItem, load_history
@@ -40,9 +40,15 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def build_config(config_file: Path | None, sets: list[str], **direct: Any) -> FitConfig:
-    """FitConfig from an optional JSON file, ``--set section.key=value`` overrides and direct options."""
+def build_config(config_file: Path | None, sets: list[str], *, preset: str | None = None,
+                 **direct: Any) -> FitConfig:
+    """FitConfig from a preset, an optional JSON file, ``--set section.key=value`` and direct options
+    (later ones win)."""
     overrides: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; choose from {', '.join(sorted(PRESETS))}")
+        overrides.update(PRESETS[preset])
     if config_file is not None:
         data = json.loads(config_file.read_text(encoding="utf-8"))
         base = FitConfig.model_validate(data)
@@ -99,6 +105,7 @@ def fit(
     user: Annotated[str | None, typer.Option(help="user id in the LaMP file")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     dtype: DtypeOpt = "float32",
+    preset: Annotated[str | None, typer.Option(help="named configuration: default | paper")] = None,
     config: Annotated[Path | None, typer.Option(help="FitConfig JSON file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")] = None,
     pairs_source: Annotated[str | None, typer.Option(help="synthetic | history | mixed")] = None,
@@ -114,7 +121,7 @@ def fit(
     from .fit import fit_user
     from .progress import stage_progress
 
-    cfg = build_config(config, set_ or [], **{"pairs.source": pairs_source, "edit.alpha": alpha,
+    cfg = build_config(config, set_ or [], preset=preset, **{"pairs.source": pairs_source, "edit.alpha": alpha,
                                                "edit.beta": beta, "directions.layer_rule": layer_rule,
                                                "seed": seed})
     items = read_history(history, lamp, user)

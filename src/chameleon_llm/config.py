@@ -43,7 +43,7 @@ class InsightConfig(_Stage):
 class PairConfig(_Stage):
     """How personalized/neutral response pairs are made."""
 
-    source: PairSource = Field("mixed", description="synthetic (paper) | history (real outputs) | mixed (both)")
+    source: PairSource = Field("history", description="synthetic (paper) | history (real outputs) | mixed (both)")
     n_queries: int = Field(8, ge=1, description="history queries used to build pairs")
     max_new_tokens: int = Field(48, ge=4, description="tokens per generated response")
     min_cosine_distance: float = Field(
@@ -55,9 +55,9 @@ class PairConfig(_Stage):
 class ActivationConfig(_Stage):
     """Where hidden states are read from."""
 
-    hook_point: HookPoint = Field("mlp", description="mlp: MLP output | layer: decoder-layer output (residual)")
+    hook_point: HookPoint = Field("layer", description="mlp: MLP output | layer: decoder-layer output (residual)")
     token: Literal["last", "response-mean"] = Field(
-        "last", description="read the last token, or average over the response's tokens"
+        "response-mean", description="read the last token, or average over the response's tokens"
     )
     batch_size: int = Field(8, ge=1, description="sequences per forward pass")
     max_length: int = Field(384, ge=16, description="tokens per (prompt+response) sequence")
@@ -66,12 +66,12 @@ class ActivationConfig(_Stage):
 class DirectionConfig(_Stage):
     """Estimators and the layer selector."""
 
-    personal: PersonalEstimator = Field("svd", description="svd (uncentred) | svd-centered | svd-diff | mean-diff")
+    personal: PersonalEstimator = Field("mean-diff", description="svd (uncentred) | svd-centered | svd-diff | mean-diff")
     neutral: NeutralEstimator = Field("ccs", description="ccs (Burns et al.) | mean-diff")
     rank: int = Field(1, ge=1, description="personalized subspace rank")
     layer_rule: LayerRule = Field("band", description="band | ccs-loss (lowest loss) | validation (held-out pairs)")
     n_layers: int = Field(4, ge=1, description="layers kept by the ccs-loss or validation rule")
-    band: tuple[float, float] = Field((0.3, 0.6), description="fraction of depth for the band rule")
+    band: tuple[float, float] = Field((0.3, 0.4), description="fraction of depth for the band rule")
     ccs_restarts: int = Field(5, ge=1, description="CCS random restarts (best loss kept)")
     ccs_epochs: int = Field(300, ge=10, description="CCS full-batch optimizer steps")
     ccs_lr: float = Field(1e-2, gt=0, description="CCS learning rate (AdamW)")
@@ -90,20 +90,21 @@ class EditConfig(_Stage):
     """Strengths and positions of the inference-time edit."""
 
     mode: EditMode = Field(
-        "project",
+        "add",
         description="project: x + α·proj(x, θP) − β·proj(x, θN) (the paper); "
         "add: x + α·gap·θP − β·proj(x, θN), gap = class-mean distance along θP",
     )
     alpha: float = Field(0.5, description="personalized strength α")
-    beta: float = Field(0.5, description="neutral removal strength β (remove β·proj(x, θN))")
+    beta: float = Field(0.0, description="neutral removal strength β (remove β·proj(x, θN))")
     max_edit_ratio: float | None = Field(
         None, gt=0, description="bound ‖Δx‖ ≤ ratio·‖x‖ per position (None: unbounded)"
     )
     positions: Position = Field("last", description="last (prompt end + generated) | all | generated")
     calibrate: bool = Field(
-        False, description="choose α per user from alpha_grid by held-out history log-likelihood"
+        True, description="choose α per user from alpha_grid by held-out history log-likelihood"
     )
-    alpha_grid: tuple[float, ...] = Field((0.5, 1.0, 2.0, 4.0), description="α candidates (0 is always tried)")
+    alpha_grid: tuple[float, ...] = Field((0.1, 0.25, 0.5, 1.0), description="α candidates (0 is always tried)")
+    beta_grid: tuple[float, ...] = Field((0.0, 0.5), description="β candidates tried with each α")
     calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
 
 
@@ -132,6 +133,13 @@ class FitConfig(_Stage):
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
+    def preset(cls, name: str) -> FitConfig:
+        """A named configuration (see PRESETS), e.g. ``paper`` for the paper's described setting."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(sorted(PRESETS))}")
+        return cls.from_overrides(PRESETS[name])
+
+    @classmethod
     def from_overrides(cls, overrides: dict[str, object]) -> FitConfig:
         """Build from dotted overrides, e.g. ``{"edit.alpha": 1.0, "pairs.source": "history"}``."""
         data = cls().model_dump()
@@ -146,3 +154,24 @@ class FitConfig(_Stage):
                 raise ValueError(f"unknown option {dotted!r}; valid: {', '.join(sorted(node))}")
             node[leaf] = value
         return cls.model_validate(data)
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # the package defaults (chosen by measurement, docs/design.md)
+    "default": {},
+    # the method as the paper describes it: synthetic pairs, uncentred SVD, CCS, CCS-loss layers,
+    # projection edit with alpha = beta = 0.5 on MLP outputs at the last token
+    "paper": {
+        "pairs.source": "synthetic",
+        "activations.hook_point": "mlp",
+        "activations.token": "last",
+        "directions.personal": "svd",
+        "directions.neutral": "ccs",
+        "directions.layer_rule": "ccs-loss",
+        "edit.mode": "project",
+        "edit.alpha": 0.5,
+        "edit.beta": 0.5,
+        "edit.calibrate": False,
+        "directions.band": [0.3, 0.6],
+    },
+}

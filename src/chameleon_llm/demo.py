@@ -86,7 +86,9 @@ def run_demo(*, model: str = DEFAULT_MODEL, n_prompts: int = 3, max_new_tokens: 
         personal = generate(lm, prompts, result.edit, opts)
         score_base = style_margin(base, user.history, others)
         score_personal = style_margin(personal, user.history, others)
+        calibration = result.edit.stats.get("calibration")
         report["users"][user.name] = {
+            "calibration": calibration,
             "description": user.description, "edit_id": result.edit.id, "layers": list(result.edit.layers),
             "insight": result.insights.personal, "fit_seconds": result.timings["total"],
             "answers": personal, "style_margin_base": round(score_base, 4),
@@ -96,6 +98,11 @@ def run_demo(*, model: str = DEFAULT_MODEL, n_prompts: int = 3, max_new_tokens: 
             result.edit.save(out_dir / f"{user.name}.safetensors")
         if not as_json:
             _print_user(console, user, prompts, base, personal, score_base, score_personal, result.insights.personal)
+            if isinstance(calibration, dict):
+                c = calibration
+                console.print(f"held-out log-likelihood of {user.name}'s real answers ({c['n_items']} items not used "
+                              f"for fitting; α, β chosen on them): base {c['loglik_base']:.3f} → personalized "
+                              f"{c['loglik_best']:.3f} per token at α={c['alpha']}, β={c['beta']}\n")
     if out_dir is not None:
         atomic_write_text(out_dir / "demo.json", json.dumps(report, indent=2, ensure_ascii=False))
     if as_json:

@@ -45,13 +45,13 @@ class UserEdit:
 
     def __post_init__(self) -> None:
         n = len(self.layers)
+        if self.personal.ndim != 3 or self.personal.shape[0] != n:
+            raise EditFileError(f"personal must be (n_layers={n}, rank, hidden), got {tuple(self.personal.shape)}")
         if self.gap is None:
             object.__setattr__(self, "gap", torch.zeros(n, self.personal.shape[1]))
         elif tuple(self.gap.shape) != tuple(self.personal.shape[:2]):
             raise EditFileError(f"gap must be (n_layers, rank)={tuple(self.personal.shape[:2])}, "
                                 f"got {tuple(self.gap.shape)}")
-        if self.personal.ndim != 3 or self.personal.shape[0] != n:
-            raise EditFileError(f"personal must be (n_layers={n}, rank, hidden), got {tuple(self.personal.shape)}")
         if self.neutral.shape != (n, self.personal.shape[2]):
             raise EditFileError(f"neutral must be ({n}, hidden), got {tuple(self.neutral.shape)}")
         if len(set(self.layers)) != n:

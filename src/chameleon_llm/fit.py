@@ -140,10 +140,12 @@ def calibrate_edit(lm: LoadedModel, edit: UserEdit, history: Sequence[HistoryIte
         stats = {**edit.stats, "calibration": "skipped: every history item was used for pairs"}
         return replace(edit, stats=stats)
     with _timed(timings, "calibrate", progress):
-        cal = calibrate_alpha(lm, edit, heldout, cfg.edit.alpha_grid)
-    stats = {**edit.stats, "calibration": {"alpha": cal.alpha, "n_items": cal.n_items,
-                                           "loglik_per_token": {str(a): round(v, 5) for a, v in cal.scores.items()}}}
-    return replace(edit.with_strengths(alpha=cal.alpha), stats=stats,
+        cal = calibrate_alpha(lm, edit, heldout, cfg.edit.alpha_grid, cfg.edit.beta_grid)
+    stats = {**edit.stats, "calibration": {
+        "alpha": cal.alpha, "beta": cal.beta, "n_items": cal.n_items, "loglik_base": round(cal.baseline, 5),
+        "loglik_best": round(cal.scores[(cal.alpha, cal.beta)], 5),
+        "loglik_per_token": {f"{a},{b}": round(v, 5) for (a, b), v in cal.scores.items()}}}
+    return replace(edit.with_strengths(alpha=cal.alpha, beta=cal.beta), stats=stats,
                    provenance={**edit.provenance, "timings": timings})
 
 

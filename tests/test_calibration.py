@@ -1,0 +1,52 @@
+"""Strength calibration on held-out history (tiny model)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from chameleon_llm.calibration import calibrate_alpha, heldout_loglik
+from chameleon_llm.history import HistoryItem
+from chameleon_llm.models import LoadedModel
+
+ITEMS = [
+    HistoryItem("what should I cook tonight?", "a vegetable curry."),
+    HistoryItem("please write a short review of the new phone.", "I love the phone."),
+    HistoryItem("", "The meeting moved to Thursday."),
+]
+
+
+def test_zero_strength_equals_no_edit(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    edit = make_edit(llama, mode="add", alpha=0.0, beta=0.0)
+    assert heldout_loglik(llama, edit, ITEMS) == pytest.approx(heldout_loglik(llama, None, ITEMS), abs=1e-6)
+
+
+def test_calibration_picks_the_best_scored_alpha(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    base = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
+    edit = replace(base, gap=torch.full_like(base.gaps, 3.0))  # a non-zero class-mean gap
+    cal = calibrate_alpha(llama, edit, ITEMS, grid=[0.5, 2.0, 8.0])
+    assert set(cal.scores) == {(a, 0.0) for a in (0.0, 0.5, 2.0, 8.0)}
+    assert cal.scores[(cal.alpha, cal.beta)] == max(cal.scores.values())
+    assert cal.baseline == pytest.approx(cal.scores[(0.0, 0.0)], abs=1e-6)
+    assert cal.n_items == len(ITEMS)
+    # the scores are real measurements: strengths change the held-out likelihood
+    assert len({round(v, 6) for v in cal.scores.values()}) > 1
+
+
+def test_project_mode_scores_depend_on_alpha(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    edit = make_edit(llama, mode="project", alpha=0.0, beta=0.0)
+    strong = edit.with_strengths(alpha=6.0)
+    assert heldout_loglik(llama, strong, ITEMS) != pytest.approx(heldout_loglik(llama, edit, ITEMS), abs=1e-6)
+
+
+def test_calibration_needs_items(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="at least one"):
+        calibrate_alpha(llama, make_edit(llama), [], grid=[1.0])
+
+
+def test_beta_grid_is_searched(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    edit = make_edit(llama, mode="add", alpha=0.0, beta=0.0)
+    cal = calibrate_alpha(llama, edit, ITEMS, grid=[1.0], beta_grid=[0.0, 0.9])
+    assert set(cal.scores) == {(0.0, 0.0), (0.0, 0.9), (1.0, 0.0), (1.0, 0.9)}
