@@ -198,6 +198,7 @@ def random_edit(
     **strengths: object,
 ) -> UserEdit:
     """A random UserEdit for ``lm``: orthonormal personal bases and unit neutral vectors."""
+    strengths.setdefault("mode", "project")  # these tests exercise the projection formula unless told
     gen = torch.Generator().manual_seed(seed)
     layers = layers if layers is not None else (0, lm.num_layers - 1)
     d = lm.hidden_size

@@ -207,7 +207,8 @@ def test_band_selector_examples() -> None:
     dummy = torch.zeros(2, 10, 1)
     assert select_band(dummy, dummy, DirectionConfig(band=(0.3, 0.6)), 0) == [3, 4, 5]
     assert select_band(dummy, dummy, DirectionConfig(band=(0.0, 1.0)), 0) == list(range(10))
-    assert select_layers(dummy, dummy, DirectionConfig()) == [3, 4, 5]  # the default rule is the band
+    assert DirectionConfig().layer_rule == "band"
+    assert select_layers(dummy, dummy, DirectionConfig(band=(0.3, 0.6))) == [3, 4, 5]
 
 
 @pytest.mark.parametrize("band", [(0.6, 0.3), (0.5, 0.5), (-0.1, 0.5), (0.2, 1.5)])
@@ -237,7 +238,7 @@ def test_config_validation_errors() -> None:
 
 def test_estimate_end_to_end() -> None:
     pos, neg, v = planted_layers(3, (0, 1, 2), n=64, seed=6)
-    cfg = DirectionConfig(rank=2, ccs_restarts=2, ccs_epochs=200)
+    cfg = DirectionConfig(personal="svd", rank=2, ccs_restarts=2, ccs_epochs=200)
     dirs = estimate(pos, neg, cfg)
     assert dirs.personal.shape == (3, 2, D)
     assert dirs.neutral.shape == (3, D)

@@ -357,7 +357,7 @@ def test_steer_handles_tuple_layer_outputs() -> None:
         personal=p[None],
         neutral=n[None],
         hook_point="layer",
-        strengths=EditConfig(alpha=2.0, beta=0.5, positions="last"),
+        strengths=EditConfig(mode="project", alpha=2.0, beta=0.5, positions="last"),
         model=identity,
     )
     x = torch.randn(2, 5, d)

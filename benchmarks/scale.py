@@ -1,0 +1,263 @@
+"""Many users: fit throughput per engine, and per-user vs group vs base (and rag) with a cold-start curve.
+
+    .venv/bin/python benchmarks/scale.py --part throughput   # -> results/scale_throughput.json, .md
+    .venv/bin/python benchmarks/scale.py --part quality      # -> results/scale_quality.json, .md
+    .venv/bin/python benchmarks/scale.py                     # both
+
+Throughput: the first ``--users`` users of ``--throughput-task`` fitted from scratch (no pair cache)
+by the local engine with 1 and 2 workers and by Ray with 2 workers (a local Ray cluster). Model load
+(measured inside each worker) is reported apart from the per-user fit time.
+
+Quality: on each bench task, the first ``--users`` users; a group set with 2 held-out folds is fitted
+on them (k by silhouette), then the evaluation harness runs base, rag, chameleon (per user), group
+and cold-start with 0, 1 and 3 history items (each user evaluated against the groups of the other
+fold). Run folders (resumable) live under ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, markdown_table, write_result
+from chameleon_llm.config import FitConfig
+from chameleon_llm.edit import UserEdit
+from chameleon_llm.models import DEFAULT_MODEL
+from chameleon_llm.scale.engines import WorkerSpec, make_engine
+from chameleon_llm.scale.fit_many import Manifest, fit_many, users_from_lamp
+
+TASKS = ("news-headline", "news-category", "wine-rating", "paper-title")
+METHODS = ("base", "rag", "chameleon", "group", "cold-start-0", "cold-start-1", "cold-start-3")
+# (engine, workers, torch threads per worker). One thread per worker everywhere: on this shared 2-CPU
+# machine a 2-thread worker was pathologically slow (OpenMP threads preempted by other jobs: 632 s
+# for one user, stages 10-40x slower); pass --threads-local1 2 to measure it anyway.
+ENGINES: tuple[tuple[str, int], ...] = (("local", 1), ("local", 2), ("ray", 2))
+
+
+def throughput(args: argparse.Namespace) -> Path:
+    users = users_from_lamp(args.data / args.throughput_task / "questions.json", limit=args.users)
+    cfg = FitConfig()
+    runs: list[dict[str, Any]] = []
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    for engine, workers in ENGINES:
+        threads = args.threads_local1 if (engine, workers) == ("local", 1) else 1
+        with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
+            spec = WorkerSpec(args.model, cfg.to_json(), threads=threads, cache=False)  # pairs generated
+            eng = make_engine(engine, spec, workers)  # type: ignore[arg-type]
+            load_before = os.getloadavg()
+            summary = fit_many(
+                users,
+                tmp,
+                eng,
+                config=cfg,
+                model_name=args.model,
+                progress=not args.quiet,
+            )
+            manifest = Manifest(Path(tmp))
+            ids = {u: e["edit_id"] for u, e in manifest.users.items() if e["status"] == "ok"}
+            diffs = []
+            for user in ids:
+                path = manifest.edit_path(user)
+                assert path is not None
+                edit = UserEdit.load(path)
+                ref = tensors.setdefault(user, {"personal": edit.personal, "neutral": edit.neutral})
+                diffs.append(
+                    max(
+                        float((edit.personal - ref["personal"]).abs().max()),
+                        float((edit.neutral - ref["neutral"]).abs().max()),
+                    )
+                    if ref["personal"].shape == edit.personal.shape
+                    else float("inf")
+                )
+        runs.append(
+            {
+                "engine": engine,
+                "workers": workers,
+                "threads_per_worker": eng.threads,
+                "loadavg_before": [round(x, 2) for x in load_before],
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+                **summary.to_dict(),
+                "edit_ids": ids,
+                "max_abs_diff_vs_first_run": max(diffs, default=0.0),
+            }
+        )
+        print(
+            f"{engine} x{workers} ({eng.threads} threads): {summary.users_per_hour} users/h, "
+            f"load {summary.model_load_seconds}s, {summary.per_user_seconds}s/user",
+            flush=True,
+        )
+    # Edits are bit-identical for equal torch thread counts; other thread counts change float sums.
+    for r in runs:
+        same = [o for o in runs if o["threads_per_worker"] == r["threads_per_worker"]]
+        r["same_edit_ids_as_runs_with_equal_threads"] = all(o["edit_ids"] == r["edit_ids"] for o in same)
+    payload = {
+        "task": args.throughput_task,
+        "n_users": len(users.histories),
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+        "same_edit_ids_all_engines": all(r["edit_ids"] == runs[0]["edit_ids"] for r in runs),
+        "note": "max_abs_diff_vs_first_run compares each run's edit tensors with the first run's; "
+        "edit ids match exactly between runs with the same torch thread count",
+    }
+    path = write_result("scale_throughput", payload, model=args.model, config=cfg.model_dump(mode="json"))
+    rows = [
+        (
+            f"{r['engine']} ×{r['workers']}",
+            r["threads_per_worker"],
+            len(r["fitted"]),
+            r["wall_seconds"],
+            r["startup_seconds"],
+            r["model_load_seconds"],
+            r["per_user_seconds"],
+            r["users_per_hour"],
+            r["users_per_hour_steady"],
+            f"{r['loadavg_before'][0]:.1f}",
+        )
+        for r in runs
+    ]
+    table = markdown_table(
+        (
+            "engine",
+            "threads/worker",
+            "users",
+            "wall s",
+            "start-up s",
+            "model load s/worker",
+            "fit s/user",
+            "users/h",
+            "users/h after start-up",
+            "load avg",
+        ),
+        rows,
+    )
+    (RESULTS / "scale_throughput.md").write_text(
+        f"# Fit throughput ({args.throughput_task}, {len(users.histories)} users, {args.model}, "
+        f"{os.cpu_count()} CPUs)\n\n{table}\n\nSame edit ids on every engine: "
+        f"{payload['same_edit_ids_all_engines']}; among runs with equal threads per worker: "
+        f"{all(r['same_edit_ids_as_runs_with_equal_threads'] for r in runs)}; largest tensor difference: "
+        f"{max(r['max_abs_diff_vs_first_run'] for r in runs):.2g}\n"
+    )
+    return path
+
+
+def quality(args: argparse.Namespace) -> Path:
+    from chameleon_llm.evaluation import EvalConfig, evaluate
+    from chameleon_llm.models import load_model
+    from chameleon_llm.scale.coldstart import ColdStartRule
+    from chameleon_llm.scale.groups import GroupOptions, GroupSet, fit_group_set
+    from chameleon_llm.scale.methods import use_groups
+
+    cfg = FitConfig()
+    torch.set_num_threads(args.threads)
+    lm = load_model(args.model)
+    out: dict[str, Any] = {}
+    for task in args.tasks:
+        start = time.perf_counter()
+        users = users_from_lamp(args.data / task / "questions.json", limit=args.users)
+        groups_dir = args.work / task / "groups"
+        if (groups_dir / "groupset.json").is_file():
+            gs = GroupSet.load(groups_dir)
+        else:
+            gs = fit_group_set(
+                lm,
+                users.histories,
+                cfg,
+                groups_dir,
+                options=GroupOptions(),
+                folds=2,
+                rule=ColdStartRule().to_dict(),
+            )
+        group_seconds = round(time.perf_counter() - start, 1)
+        use_groups(gs)
+        ecfg = EvalConfig(
+            methods=list(METHODS),
+            model=args.model,
+            fit_config=cfg,
+            limit_users=args.users,
+            bootstrap=args.bootstrap,
+        )
+        results = evaluate(args.data / task, args.work / task / "run", ecfg, lm=lm, progress=not args.quiet)
+        out[task] = {
+            "primary_metric": results["task"]["primary_metric"],
+            "n_users": results["task"]["n_users"],
+            "n_queries": results["task"]["n_queries"],
+            "methods": {
+                m: {
+                    k: results["methods"][m][k]
+                    for k in ("metrics", "ci95", "valid_rate", "fit_seconds_per_user")
+                }
+                for m in METHODS
+                if m in results["methods"]
+            },
+            "vs_base": {m: results["comparisons"].get(m, {}).get("vs_base") for m in METHODS if m != "base"},
+            "groups": {
+                "k": len(gs.all.groups),
+                "k_scores": gs.all.k_scores,
+                "sizes": [len(g.members) for g in gs.all.groups],
+                "fold_sizes": [[len(g.members) for g in f.groups] for f in gs.folds],
+                "fit_seconds": group_seconds,
+            },
+            "run_dir": str(args.work / task / "run"),
+        }
+        print(f"{task}: done in {time.perf_counter() - start:.0f}s", flush=True)
+    payload = {
+        "tasks": out,
+        "methods": list(METHODS),
+        "users_per_task": args.users,
+        "cold_start_rule": ColdStartRule().to_dict(),
+        "group_options": GroupOptions().__dict__,
+        "protocol": "group: the user's group in the model over all evaluated users; cold-start-N: "
+        "the user's N most recent fit-profile items, groups fitted without the user's fold (2 folds)",
+    }
+    path = write_result("scale_quality", payload, model=args.model, config=cfg.model_dump(mode="json"))
+    lines = [f"# Per-user vs group vs base, cold start ({args.users} users per task, {args.model})\n"]
+    for task, r in out.items():
+        metric = r["primary_metric"]
+        rows = [
+            (
+                m,
+                d["metrics"][metric],
+                f"[{d['ci95'][metric][0]:.3f}, {d['ci95'][metric][1]:.3f}]",
+                d["valid_rate"],
+            )
+            for m, d in r["methods"].items()
+        ]
+        lines += [
+            f"## {task} ({r['n_users']} users, {r['n_queries']} queries, k={r['groups']['k']})\n",
+            markdown_table(("method", metric, "95% CI", "valid"), rows),
+            "",
+        ]
+    (RESULTS / "scale_quality.md").write_text("\n".join(lines))
+    return path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--part", choices=("throughput", "quality", "all"), default="all")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/bench"))
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--users", type=int, default=6, help="users per task / per throughput run")
+    ap.add_argument("--throughput-task", default="news-headline")
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "chameleon-scale-bench")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--threads-local1", type=int, default=1, help="torch threads of the local 1-worker run")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality part")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+    if args.part in ("throughput", "all"):
+        print("wrote", throughput(args), flush=True)
+    if args.part in ("quality", "all"):
+        print("wrote", quality(args), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,467 @@
+"""Evaluation methods behind one protocol: ``prepare_user`` once per user, then ``answer`` its queries.
+
+Methods never see golds: ``prepare_user`` gets the user's fit profile (see
+:func:`chameleon_llm.evaluation.runner.fit_profile`) as history items, ``answer`` gets the queries
+(id, input, profile). Every model-based method answers through
+:func:`chameleon_llm.evaluation.prompting.answer_messages` with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from chameleon_llm.config import FitConfig
+from chameleon_llm.edit import EditFileError, UserEdit, atomic_write_text
+from chameleon_llm.fit import FitError, FitResult, fit_user, pair_texts
+from chameleon_llm.history import HistoryError, HistoryItem, history_fingerprint, parse_history
+from chameleon_llm.lamp.data import LampQuery
+from chameleon_llm.lamp.tasks import TaskSpec
+from chameleon_llm.models import LoadedModel
+from chameleon_llm.pairs import Pair
+
+from .prompting import ResolvedSettings, answer_messages, rag_message, retrieve
+
+log = logging.getLogger(__name__)
+
+History = Sequence[Mapping[str, Any]]
+
+
+class MethodUnavailable(RuntimeError):
+    """A method cannot run here (an optional package is missing or does not work); says why."""
+
+
+@dataclass
+class UserState:
+    """What a method prepared for one user. ``fit_seconds`` is the per-user preparation cost."""
+
+    user_id: str
+    fit_seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None
+
+
+class Method(Protocol):
+    """An evaluation method: per-user preparation, then answers (raw text) for that user's queries."""
+
+    name: str
+    uses_model: bool
+    uses_fit: bool
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState: ...
+
+    def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]: ...
+
+
+@dataclass
+class MethodContext:
+    """What methods share in one run: the task, settings, the (lazily loaded) model and the fits."""
+
+    spec: TaskSpec
+    settings: ResolvedSettings
+    fit_config: FitConfig
+    load_lm: Callable[[], LoadedModel]
+    fits: FitStore | None = None
+
+    @property
+    def lm(self) -> LoadedModel:
+        return self.load_lm()
+
+
+MethodFactory = Callable[[MethodContext], Method]
+METHODS: dict[str, MethodFactory] = {}
+
+
+def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Register a method factory under ``name`` (used by ``--methods``)."""
+
+    def deco(factory: MethodFactory) -> MethodFactory:
+        METHODS[name] = factory
+        return factory
+
+    return deco
+
+
+def create_method(name: str, ctx: MethodContext) -> Method:
+    """Instantiate a registered method; raises :class:`MethodUnavailable` when it cannot run here."""
+    if name not in METHODS:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return METHODS[name](ctx)
+
+
+# --------------------------------------------------------------------------- fitted users
+
+
+def history_items(profile_history: History) -> list[HistoryItem]:
+    """Profile history as core history items (items with an empty output are dropped)."""
+    usable = [dict(h) for h in profile_history if str(h.get("output", "")).strip()]
+    if not usable:
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # long items are truncated by the core; that is expected here
+        return parse_history(usable, source="profile")
+
+
+@dataclass
+class UserFit:
+    """One user's fitted edit (or why there is none) and the pairs it was fitted on."""
+
+    key: str
+    edit: UserEdit | None
+    pairs: list[Pair]
+    fit_seconds: float
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"edit_key": self.key, "n_pairs": len(self.pairs)}
+        if self.edit is not None:
+            out.update(edit_id=self.edit.id, layers=list(self.edit.layers))
+        if self.error:
+            out["fit_error"] = self.error
+        return out
+
+
+FitFn = Callable[..., FitResult]
+
+
+class FitStore:
+    """Fits one edit per (user, history, model, FitConfig), cached in ``root`` for resume.
+
+    Files: ``<key>.safetensors`` (the edit) and ``<key>.json`` (pairs, timings, error), both written
+    atomically, the JSON last; a present JSON means the fit is done. The core's pair cache is used too
+    (``pair_cache``), so a refit with other direction/edit settings skips the text generation.
+    """
+
+    def __init__(
+        self,
+        load_lm: Callable[[], LoadedModel],
+        config: FitConfig,
+        root: Path | None,
+        *,
+        fit_fn: FitFn = fit_user,
+        pair_cache: bool | Path = True,
+    ) -> None:
+        self.load_lm, self.config, self.root = load_lm, config, root
+        self.fit_fn, self.pair_cache = fit_fn, pair_cache
+        self._memory: dict[str, UserFit] = {}
+        self.fits_run = 0
+
+    def key(self, user_id: str, items: Sequence[HistoryItem]) -> str:
+        lm = self.load_lm()
+        digest = hashlib.sha256(
+            json.dumps([lm.config_hash, self.config.to_json(), history_fingerprint(items)]).encode()
+        ).hexdigest()[:16]
+        return f"{safe_name(user_id)}-{digest}"
+
+    def get(self, user_id: str, profile_history: History) -> UserFit:
+        items = history_items(profile_history)
+        key = self.key(user_id, items)
+        if key in self._memory:
+            return self._memory[key]
+        fit = self._load(key) or self._fit(key, items)
+        self._memory = {key: fit}  # keep one user: methods of a user run back to back
+        return fit
+
+    def _paths(self, key: str) -> tuple[Path, Path] | None:
+        if self.root is None:
+            return None
+        return self.root / f"{key}.safetensors", self.root / f"{key}.json"
+
+    def _load(self, key: str) -> UserFit | None:
+        paths = self._paths(key)
+        if paths is None or not paths[1].is_file():
+            return None
+        meta = json.loads(paths[1].read_text(encoding="utf-8"))
+        edit = None
+        if meta.get("edit_id"):
+            try:
+                edit = UserEdit.load(paths[0])
+            except EditFileError as exc:
+                log.warning("refitting %s: %s", key, exc)
+                return None
+        return UserFit(
+            key,
+            edit,
+            [Pair(**p) for p in meta.get("pairs", [])],
+            float(meta["fit_seconds"]),
+            meta.get("error"),
+            meta.get("timings", {}),
+        )
+
+    def _fit(self, key: str, items: Sequence[HistoryItem]) -> UserFit:
+        lm = self.load_lm()
+        start = time.perf_counter()
+        try:
+            if not items:
+                raise FitError("the user's fit profile is empty")
+            result = self.fit_fn(lm, items, self.config, cache=self.pair_cache)
+            fit = UserFit(key, result.edit, list(result.pairs), 0.0, None, dict(result.timings))
+        except (FitError, HistoryError) as exc:
+            fit = UserFit(key, None, [], 0.0, f"{type(exc).__name__}: {exc}")
+        fit.fit_seconds = round(time.perf_counter() - start, 3)
+        self.fits_run += 1
+        paths = self._paths(key)
+        if paths is not None:
+            if fit.edit is not None:
+                fit.edit.save(paths[0])
+            meta = {
+                "key": key,
+                "edit_id": fit.edit.id if fit.edit else None,
+                "fit_seconds": fit.fit_seconds,
+                "timings": fit.timings,
+                "error": fit.error,
+                "pairs": [asdict(p) for p in fit.pairs],
+            }
+            atomic_write_text(paths[1], json.dumps(meta, indent=1, ensure_ascii=False))
+        return fit
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of an id (a short hash is added when characters were replaced)."""
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in text)[:80]
+    if cleaned != text:
+        cleaned += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return cleaned
+
+
+# --------------------------------------------------------------------------- methods
+
+
+class _ModelMethod:
+    """Shared answering: the same prompts, decoding and limits for every model-based method."""
+
+    name = "model"
+    uses_model = True
+    uses_fit = False
+    rag = False
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.ctx = ctx
+
+    def messages(self, queries: Sequence[LampQuery]) -> list[str]:
+        if not self.rag:
+            return [q.input for q in queries]
+        return [
+            rag_message(self.ctx.lm, self.ctx.spec, q.input, q.profile, self.ctx.settings) for q in queries
+        ]
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState:
+        return UserState(user_id)
+
+    def edit(self, state: UserState) -> UserEdit | None:
+        return None
+
+    def steering(self, state: UserState) -> AbstractContextManager[Any]:
+        return nullcontext()
+
+    def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]:
+        msgs = self.messages(queries)
+        with self.steering(state):
+            return answer_messages(self.ctx.lm, self.ctx.spec, msgs, self.ctx.settings, self.edit(state))
+
+
+@register_method("base")
+class Base(_ModelMethod):
+    """The task input alone."""
+
+    name = "base"
+
+
+@register_method("rag")
+class Rag(_ModelMethod):
+    """The input plus the k most relevant items of the query's profile (BM25, LaMP's prompt)."""
+
+    name = "rag"
+    rag = True
+
+
+@register_method("chameleon")
+class Chameleon(_ModelMethod):
+    """The user's Chameleon edit (fitted once from the fit profile) applied while answering."""
+
+    name = "chameleon"
+    uses_fit = True
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState:
+        if self.ctx.fits is None:
+            raise RuntimeError("chameleon needs a FitStore in its context")
+        fit = self.ctx.fits.get(user_id, profile_history)
+        return UserState(user_id, fit.fit_seconds, fit.info(), fit)
+
+    def edit(self, state: UserState) -> UserEdit | None:
+        fit: UserFit = state.payload
+        return fit.edit  # None after a failed fit: the user is answered unedited (counted in the report)
+
+
+@register_method("chameleon_rag")
+class ChameleonRag(Chameleon):
+    """The Chameleon edit and the retrieval-augmented prompt together."""
+
+    name = "chameleon_rag"
+    rag = True
+
+
+class _PeerMethod(Chameleon):
+    """Steering-vector peers trained on the same pairs Chameleon builds, at the edit's layers."""
+
+    package = ""
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState:
+        state = super().prepare_user(user_id, profile_history)
+        fit: UserFit = state.payload
+        if fit.edit is None or len(fit.pairs) < 2:
+            state.info["peer"] = "no vector (no usable fit); answered unsteered"
+            state.payload = None
+            return state
+        start = time.perf_counter()
+        pos, neg = pair_texts(self.ctx.lm, fit.pairs)
+        state.payload = self.train(pos, neg, list(fit.edit.layers), fit.edit.hook_point)
+        train_s = time.perf_counter() - start
+        state.info["train_seconds"] = round(train_s, 3)
+        state.fit_seconds = round(fit.fit_seconds + train_s, 3)
+        return state
+
+    def edit(self, state: UserState) -> UserEdit | None:
+        return None
+
+    def train(self, positive: list[str], negative: list[str], layers: list[int], hook_point: str) -> Any:
+        raise NotImplementedError
+
+
+@register_method("steering_vectors")
+class SteeringVectorsPeer(_PeerMethod):
+    """``steering-vectors`` (mean difference of activations), applied with its own ``apply``."""
+
+    name = "steering_vectors"
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        try:
+            import steering_vectors
+        except Exception as exc:  # ImportError or an incompatibility raised at import
+            raise MethodUnavailable(
+                f"steering_vectors: the package 'steering-vectors' cannot be imported ({type(exc).__name__}: "
+                f"{exc}). Install it with: pip install --no-deps steering-vectors==0.12.2"
+            ) from exc
+        self.sv = steering_vectors
+
+    def train(self, positive: list[str], negative: list[str], layers: list[int], hook_point: str) -> Any:
+        layer_type = "mlp" if hook_point == "mlp" else "decoder_block"
+        lm = self.ctx.lm
+        return self.sv.train_steering_vector(
+            lm.model,
+            lm.tokenizer,
+            list(zip(positive, negative, strict=True)),
+            layers=layers,
+            layer_type=layer_type,
+            aggregator=self.sv.mean_aggregator(),
+            batch_size=self.ctx.fit_config.activations.batch_size,
+        )
+
+    def steering(self, state: UserState) -> AbstractContextManager[Any]:
+        if state.payload is None:
+            return nullcontext()
+        return state.payload.apply(self.ctx.lm.model, multiplier=self.ctx.settings.peer_multiplier)
+
+
+@register_method("repeng")
+class RepengPeer(_PeerMethod):
+    """``repeng`` control vectors (PCA of pair differences), applied with its ``ControlModel``."""
+
+    name = "repeng"
+
+    def __init__(self, ctx: MethodContext) -> None:
+        super().__init__(ctx)
+        try:
+            import repeng
+        except Exception as exc:
+            raise MethodUnavailable(
+                f"repeng: the package 'repeng' cannot be imported ({type(exc).__name__}: {exc}). "
+                "Install a version compatible with the pinned numpy/transformers "
+                "(pip install --no-deps repeng==0.4.0)"
+            ) from exc
+        self.repeng = repeng
+
+    def train(self, positive: list[str], negative: list[str], layers: list[int], hook_point: str) -> Any:
+        lm = self.ctx.lm
+        data = [
+            self.repeng.DatasetEntry(positive=p, negative=n) for p, n in zip(positive, negative, strict=True)
+        ]
+        vector = self.repeng.ControlVector.train(
+            lm.model, lm.tokenizer, data, hidden_layers=layers, method="pca_diff"
+        )
+        return vector, layers
+
+    def steering(self, state: UserState) -> AbstractContextManager[Any]:
+        if state.payload is None:
+            return nullcontext()
+        return self._controlled(*state.payload)
+
+    @contextmanager
+    def _controlled(self, vector: Any, layers: list[int]) -> Iterator[None]:
+        lm = self.ctx.lm
+        control = self.repeng.ControlModel(lm.model, layers)
+        try:
+            control.set_control(vector, self.ctx.settings.peer_multiplier)
+            yield
+        finally:
+            control.reset()
+            control.unwrap()
+
+
+@register_method("prior")
+class Prior:
+    """No LLM: the most frequent label, the median rating, or the output of the most similar item.
+
+    Each query is answered from its own profile (only that user's older items).
+    """
+
+    name = "prior"
+    uses_model = False
+    uses_fit = False
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.spec = ctx.spec
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState:
+        return UserState(user_id)
+
+    def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]:
+        return [self._one(q) for q in queries]
+
+    def _one(self, query: LampQuery) -> str:
+        spec = self.spec
+        outputs = [str(item.get(spec.history_output, "")).strip() for item in query.profile]
+        outputs = [o for o in outputs if o]
+        if not outputs:
+            return ""
+        if spec.kind == "classification":
+            counts = Counter(o for o in outputs if o in spec.labels)
+            if not counts:
+                return ""
+            order = {label: i for i, label in enumerate(spec.labels)}
+            return min(counts, key=lambda label: (-counts[label], order[label]))
+        if spec.kind == "rating":
+            values = []
+            for o in outputs:
+                try:
+                    values.append(float(o))
+                except ValueError:
+                    continue
+            if not values:
+                return ""
+            med = statistics.median(values)
+            return str(int(med)) if float(med).is_integer() else str(med)
+        best = retrieve(spec, query.input, query.profile, 1)
+        return str(query.profile[best[0]].get(spec.history_output, "")).strip() if best else ""

@@ -1,0 +1,470 @@
+"""The LaMP evaluation harness on tiny random models and small LaMP-format folders built per test."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+from chameleon_llm.evaluation import (
+    METHODS,
+    EvalConfig,
+    EvalSettings,
+    MethodUnavailable,
+    UserState,
+    evaluate,
+    fit_profile,
+    paired_bootstrap,
+    prepare_run,
+    prompting,
+    run_methods,
+    score_labels,
+)
+from chameleon_llm.evaluation.methods import MethodContext, Prior
+from chameleon_llm.evaluation.scoring import cached_continuation_logprobs
+from chameleon_llm.fit import FitResult
+from chameleon_llm.generation import continuation_logprobs
+from chameleon_llm.insights import Insights
+from chameleon_llm.lamp import LampQuery, get_task
+from chameleon_llm.lamp.tasks import LAMP2_NEWS_LABELS, LAMP2_NEWS_PROMPT_ORDER
+from chameleon_llm.models import LoadedModel, chat_prompt
+from chameleon_llm.pairs import Pair
+
+BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench"
+NEWS_PROMPT = (
+    "Which category does this article relate to among the following categories? Just answer with the "
+    f"category name without further explanation. categories: [{', '.join(LAMP2_NEWS_PROMPT_ORDER)}] article: "
+)
+WORDS = [
+    "quick",
+    "brown",
+    "fox",
+    "lazy",
+    "dog",
+    "rainy",
+    "evenings",
+    "science",
+    "fiction",
+    "novels",
+    "phone",
+    "meeting",
+    "Thursday",
+]
+
+
+# --------------------------------------------------------------------------- data builders
+
+
+def _write(folder: Path, task: str, queries: list[dict[str, Any]], golds: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "questions.json").write_text(json.dumps(queries), encoding="utf-8")
+    out = {"task": task, "golds": [{"id": k, "output": v} for k, v in golds.items()]}
+    (folder / "outputs.json").write_text(json.dumps(out), encoding="utf-8")
+    return folder
+
+
+def news_category(folder: Path, n_users: int = 3) -> Path:
+    """LaMP_2N, time-based: per user two queries; the later one's profile also holds the earlier query."""
+    labels = list(LAMP2_NEWS_LABELS)
+    queries, golds = [], {}
+    for u in range(n_users):
+        profile = [
+            {
+                "id": f"u{u}-p{i}",
+                "text": f"{WORDS[(u + i) % len(WORDS)]} story {i}",
+                "title": f"T{i}",
+                "category": labels[(u + i) % 3],
+                "date": f"2020-01-0{i + 1}",
+            }
+            for i in range(4)
+        ]
+        first = {
+            "id": f"u{u}-q0",
+            "user_id": f"user {u}",
+            "input": NEWS_PROMPT + f"{WORDS[u]} fox news",
+            "profile": profile,
+        }
+        early_item = {
+            "id": f"u{u}-q0item",
+            "text": f"{WORDS[u]} fox news",
+            "title": "x",
+            "category": labels[u % 3],
+            "date": "2020-01-09",
+        }
+        second = {
+            "id": f"u{u}-q1",
+            "user_id": f"user {u}",
+            "input": NEWS_PROMPT + "the lazy dog",
+            "profile": [*profile, early_item],
+        }
+        queries += [first, second]
+        golds[first["id"]] = labels[u % 3]
+        golds[second["id"]] = labels[(u + 1) % 3]
+    return _write(folder, "LaMP_2", queries, golds)
+
+
+def headlines(folder: Path, secret: str = "GOLDSECRET") -> Path:
+    """LaMP_4 with golds that appear nowhere else (to check that no method ever sees them)."""
+    queries, golds = [], {}
+    for u in range(2):
+        profile = [
+            {"id": f"h{u}-{i}", "text": f"the {WORDS[i]} {WORDS[i + 1]}", "title": f"{WORDS[i + 2]} title"}
+            for i in range(3)
+        ]
+        for j in range(2):
+            qid = f"h{u}-q{j}"
+            queries.append(
+                {
+                    "id": qid,
+                    "user_id": f"h{u}",
+                    "profile": profile,
+                    "input": f"Generate a headline for the following article: the {WORDS[u + j]} dog",
+                }
+            )
+            golds[qid] = f"{secret}{u}{j} zebra"
+    return _write(folder, "LaMP_4", queries, golds)
+
+
+def fake_fit(make_edit: Callable[..., Any], calls: list[list[str]]) -> Callable[..., FitResult]:
+    """A stand-in for fit_user: a random edit and history pairs, recording what it was given."""
+
+    def fit(lm: LoadedModel, items: Sequence[Any], cfg: Any, cache: Any = True) -> FitResult:
+        calls.append([f"{it.input} {it.output}" for it in items])
+        pairs = [Pair(it.input or "q", it.output, "a neutral answer", "history") for it in items[:4]]
+        return FitResult(
+            edit=make_edit(lm, seed=len(calls)),
+            pairs=pairs,
+            insights=Insights("p", "n", True),
+            selected=[],
+            timings={"total": 0.0},
+        )
+
+    return fit
+
+
+# --------------------------------------------------------------------------- fit profile and prior
+
+
+def _query(qid: str, profile: list[dict[str, Any]], text: str = "x") -> LampQuery:
+    return LampQuery(id=qid, input=text, profile=profile, user_id="u")
+
+
+def test_fit_profile_is_the_earliest_querys_profile() -> None:
+    a, b = {"id": "1", "text": "a", "category": "sports"}, {"id": "2", "text": "b", "category": "crime"}
+    leaked = {"id": "3", "text": "the earlier query", "category": "travel"}  # an earlier query + its gold
+    later, earlier = _query("q1", [a, b, leaked]), _query("q0", [a, b])
+    assert fit_profile([later, earlier]) == [a, b]
+    renumbered = _query("q2", [{**a, "id": "9"}, {**b, "id": "8"}, leaked])  # ids differ per query
+    assert [i["text"] for i in fit_profile([earlier, renumbered])] == ["a", "b"]
+    assert fit_profile([]) == []
+
+
+def _prior(task: str) -> Prior:
+    ctx = MethodContext(get_task(task), EvalSettings().resolve(get_task(task)), None, lambda: None)  # type: ignore[arg-type]
+    return Prior(ctx)
+
+
+def test_prior_classification_rating_generation() -> None:
+    cls = _prior("LaMP_2N")
+    prof = [{"text": "t", "category": c} for c in ("crime", "sports", "sports", "crime", "travel")]
+    # tie between crime and sports: the one listed first in the task's labels wins (sports)
+    assert cls.answer([_query("1", prof)], UserState("u")) == ["sports"]
+    assert cls.answer([_query("2", [])], UserState("u")) == [""]
+    rating = _prior("LaMP_3")
+    assert rating.answer(
+        [_query("1", [{"text": "t", "score": s} for s in ("1", "5", "4", "4")])], UserState("u")
+    ) == ["4"]
+    assert rating.answer([_query("1", [{"text": "t", "score": s} for s in ("3", "4")])], UserState("u")) == [
+        "3.5"
+    ]
+    gen = _prior("LaMP_4")
+    prof = [
+        {"text": "rainy evenings and novels", "title": "Books"},
+        {"text": "the fox jumps over the dog", "title": "Animals"},
+    ]
+    query = _query("1", prof, "Generate a headline for the following article: a fox and a dog")
+    assert gen.answer([query], UserState("u")) == ["Animals"]
+
+
+# --------------------------------------------------------------------------- label scoring
+
+
+def test_cached_scoring_equals_continuation_logprobs(lm: LoadedModel, make_edit: Callable[..., Any]) -> None:
+    prompt = chat_prompt(lm, "The quick brown fox jumps over the lazy dog.", assistant_prefix="Answer:")
+    conts = [" fox<eos>", " lazy dog<eos>", " I love reading science<eos>"]
+    for edit in (None, make_edit(lm, alpha=2.0, positions="last"), make_edit(lm, seed=1, positions="all")):
+        ref = continuation_logprobs(lm, [prompt] * 3, conts, [edit] * 3)
+        got = cached_continuation_logprobs(lm, prompt, conts, edit)
+        assert got == pytest.approx(ref, abs=1e-4)
+
+
+@pytest.mark.parametrize("prefixed", [False, True])
+def test_label_scoring_picks_the_likeliest_label(
+    llama: LoadedModel, make_edit: Callable[..., Any], prefixed: bool
+) -> None:
+    labels = ["fox", "lazy dog", "science", "phone", "Thursday"]
+    prefix = "Answer:" if prefixed else ""
+    prompts = [
+        chat_prompt(llama, t, assistant_prefix=prefix) for t in ("I love reading", "The meeting moved")
+    ]
+    edits = [None, make_edit(llama, alpha=3.0)]
+    chosen = score_labels(llama, prompts, labels, edits, prefixed=prefixed)
+    for prompt, edit, answer in zip(prompts, edits, chosen, strict=True):
+        conts = [f"{' ' if prefixed else ''}{label}<eos>" for label in labels]
+        scores = continuation_logprobs(llama, [prompt] * len(labels), conts, [edit] * len(labels))
+        assert answer == labels[max(range(len(labels)), key=lambda i: scores[i])]
+    assert len(set(chosen) | {None}) >= 2
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_paired_bootstrap_known_cases() -> None:
+    spec = get_task("LaMP_4")
+    same = [{"rouge-1": v, "rouge-L": v} for v in (0.1, 0.5, 0.9, 0.3)]
+    res = paired_bootstrap(spec, same, same, n=200, seed=1)
+    assert res["rouge-1"]["diff"] == 0 and res["rouge-1"]["ci"] == [0.0, 0.0]
+    ones = [{"rouge-1": 1.0, "rouge-L": 1.0}] * 50
+    zeros = [{"rouge-1": 0.0, "rouge-L": 0.0}] * 50
+    res = paired_bootstrap(spec, ones, zeros, n=200)
+    assert res["rouge-1"]["diff"] == 1.0 and res["rouge-1"]["ci"] == [1.0, 1.0]
+    assert res["rouge-1"]["significantly_better"]
+    half = [{"rouge-1": float(i % 2), "rouge-L": 0.0} for i in range(100)]
+    zeros = [{"rouge-1": 0.0, "rouge-L": 0.0}] * 100
+    res = paired_bootstrap(spec, half, zeros, n=2000, seed=0)
+    lo, hi = res["rouge-1"]["ci"]
+    assert res["rouge-1"]["diff"] == pytest.approx(0.5)
+    assert 0.38 < lo < 0.44 and 0.56 < hi < 0.62  # normal approximation: 0.5 ± 1.96·0.05
+    assert paired_bootstrap(spec, half, zeros, n=300, seed=3) == paired_bootstrap(
+        spec, half, zeros, n=300, seed=3
+    )
+    rating = get_task("LaMP_3")
+    good = [{"abs_error": 0.0, "squared_error": 0.0}] * 20
+    bad = [{"abs_error": 2.0, "squared_error": 4.0}] * 20
+    res = paired_bootstrap(rating, good, bad, n=100)
+    assert res["MAE"]["diff"] == -2.0 and res["MAE"]["significantly_better"]  # lower is better
+
+
+# --------------------------------------------------------------------------- runner
+
+
+class Counting:
+    """A method that counts its calls (and records everything it is given)."""
+
+    name = "counting"
+    uses_model = False
+    uses_fit = False
+    calls: ClassVar[list[str]] = []
+    seen: ClassVar[list[str]] = []
+
+    def __init__(self, ctx: MethodContext) -> None:
+        self.spec = ctx.spec
+
+    def prepare_user(self, user_id: str, profile_history: Any) -> UserState:
+        Counting.calls.append(user_id)
+        Counting.seen.append(repr((user_id, profile_history)))
+        return UserState(user_id)
+
+    def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]:
+        Counting.seen.append(repr([vars(q) for q in queries]))
+        return [self.spec.labels[0] if self.spec.labels else "a title" for _ in queries]
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[Counting]:
+    monkeypatch.setitem(METHODS, "counting", Counting)
+    Counting.calls, Counting.seen = [], []
+    return Counting
+
+
+def test_resume_skips_finished_users(tmp_path: Path, counting: type[Counting]) -> None:
+    data = news_category(tmp_path / "data")
+    cfg = EvalConfig(methods=["counting", "prior"], bootstrap=20)
+    run = prepare_run(data, tmp_path / "run", cfg)
+    state = run_methods(run, progress=False)
+    assert counting.calls == ["user 0", "user 1", "user 2"] and state.done["prior"] == counting.calls
+    run_methods(prepare_run(data, tmp_path / "run", cfg), progress=False)
+    assert len(counting.calls) == 3  # nothing redone
+    run.checkpoint("counting", "user 1").unlink()
+    state = run_methods(prepare_run(data, tmp_path / "run", cfg), progress=False)
+    assert counting.calls[3:] == ["user 1"] and state.skipped["counting"] == ["user 0", "user 2"]
+    other = EvalConfig(methods=["counting"], settings=EvalSettings(rag_k=2), bootstrap=20)
+    run_methods(prepare_run(data, tmp_path / "run", other), progress=False)
+    assert len(counting.calls) == 7  # other settings: other checkpoints
+    limited = EvalConfig(methods=["counting"], limit_users=2, bootstrap=20)
+    assert list(prepare_run(data, tmp_path / "run", limited).users) == ["user 0", "user 1"]
+
+
+def test_no_gold_reaches_any_method(
+    tmp_path: Path,
+    llama: LoadedModel,
+    make_edit: Callable[..., Any],
+    counting: type[Counting],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = headlines(tmp_path / "data")
+    prompts: list[str] = []
+    real_render = prompting.render
+    monkeypatch.setattr(prompting, "render", lambda lm, m, s: prompts.append(m) or real_render(lm, m, s))
+    fits: list[list[str]] = []
+    cfg = EvalConfig(methods=["counting", "base", "rag", "prior", "chameleon", "chameleon_rag"], bootstrap=20)
+    results = evaluate(
+        data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=fake_fit(make_edit, fits)
+    )
+    assert prompts and fits and counting.seen
+    for text in [*prompts, *map(str, fits), *counting.seen]:
+        assert "GOLDSECRET" not in text
+    assert "GOLDSECRET" not in json.dumps(results["methods"])
+
+
+def test_results_schema_report_and_fit_cache(
+    tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(ctx: MethodContext) -> Any:
+        raise MethodUnavailable("broken: needs a package that is not here")
+
+    monkeypatch.setitem(METHODS, "broken", broken)
+    data = news_category(tmp_path / "data")
+    fits: list[list[str]] = []
+    methods = ["base", "rag", "prior", "chameleon", "chameleon_rag", "steering_vectors", "broken"]
+    cfg = EvalConfig(methods=methods, bootstrap=50)
+    run_dir = tmp_path / "run"
+    res = evaluate(data, run_dir, cfg, lm=llama, progress=False, fit_fn=fake_fit(make_edit, fits))
+    assert len(fits) == 3  # one fit per user, shared by chameleon, chameleon_rag and the peer
+    # each fit saw the earliest query's profile only: never the earlier query's own item
+    assert all(not any("fox news" in h for h in f) for f in fits)
+    on_disk = json.loads((run_dir / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(res))
+    assert set(res) >= {
+        "format",
+        "task",
+        "model",
+        "config",
+        "resolved_settings",
+        "methods",
+        "comparisons",
+        "per_user",
+        "unsupported",
+        "provenance",
+        "bootstrap",
+    }
+    assert res["unsupported"] == {"broken": "broken: needs a package that is not here"}
+    assert list(res["methods"]) == methods[:-1]
+    for name, m in res["methods"].items():
+        assert set(m["metrics"]) == {"accuracy", "f1"} and set(m["ci95"]) == {"accuracy", "f1"}
+        assert m["n_queries"] == 6 and m["n_users"] == 3 and 0.0 <= m["valid_rate"] <= 1.0
+        assert m["ci95"]["accuracy"][0] <= m["metrics"]["accuracy"] <= m["ci95"]["accuracy"][1]
+        assert {"fit_seconds_per_user", "generation_seconds", "fit_failures"} <= set(m)
+        assert set(res["per_user"][name]) == {"user 0", "user 1", "user 2"}
+        assert (run_dir / "predictions" / f"{name}.json").is_file()
+        refs = {"vs_base", "vs_rag"} - {f"vs_{name}"}
+        assert set(res["comparisons"].get(name, {})) == refs
+    comp = res["comparisons"]["chameleon"]["vs_base"]["accuracy"]
+    assert len(comp["ci"]) == 2 and comp["ci"][0] <= comp["diff"] <= comp["ci"][1] + 1e-12
+    assert res["config"]["fit_config"]["edit"]["alpha"] is not None
+    assert res["resolved_settings"]["label_scoring"] is True
+    assert res["provenance"]["versions"]["torch"] and "git_commit" in res["provenance"]
+    assert res["methods"]["prior"]["valid_rate"] == 1.0
+    assert "| chameleon |" in (run_dir / "results.md").read_text()
+    assert (run_dir / "plots" / "metrics.png").stat().st_size > 1000
+    assert (run_dir / "plots" / "per_user_diff.png").is_file()
+    # a new process after losing the checkpoints reuses the fitted edits; another FitConfig refits
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    evaluate(
+        data,
+        run_dir,
+        EvalConfig(methods=["chameleon"], bootstrap=20),
+        lm=llama,
+        progress=False,
+        fit_fn=fake_fit(make_edit, fits),
+    )
+    assert len(fits) == 3
+    from chameleon_llm.config import FitConfig
+
+    other = EvalConfig(
+        methods=["chameleon"], fit_config=FitConfig.from_overrides({"edit.alpha": 2.0}), bootstrap=20
+    )
+    evaluate(data, run_dir, other, lm=llama, progress=False, fit_fn=fake_fit(make_edit, fits))
+    assert len(fits) == 6
+
+
+def test_generation_task_runs_with_answer_prefix(tmp_path: Path, llama: LoadedModel) -> None:
+    data = headlines(tmp_path / "data")
+    settings = EvalSettings(max_new_tokens=6, answer_prefix=True)
+    cfg = EvalConfig(methods=["base", "rag"], settings=settings, bootstrap=20)
+    res = evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False)
+    assert res["resolved_settings"]["answer_prefix"] == "Headline:"
+    assert res["resolved_settings"]["label_scoring"] is False
+    assert set(res["methods"]["base"]["metrics"]) == {"rouge-1", "rouge-L"}
+
+
+def test_default_settings_per_task_kind() -> None:
+    news, wine, titles = (EvalSettings().resolve(get_task(t)) for t in ("LaMP_2N", "LaMP_3", "LaMP_5"))
+    assert (news.answer_prefix, news.label_scoring) == ("Category:", True)
+    assert (wine.answer_prefix, wine.label_scoring) == ("Score:", False)
+    assert (titles.answer_prefix, titles.label_scoring, titles.max_new_tokens) == ("", False, 32)
+    forced = EvalSettings(answer_prefix=False, label_scoring=True).resolve(get_task("LaMP_4"))
+    assert (forced.answer_prefix, forced.label_scoring) == ("", False)  # no labels to score
+
+
+def test_rag_retrieves_the_relevant_item(llama: LoadedModel) -> None:
+    spec = get_task("LaMP_2N")
+    profile = [
+        {"text": "rainy evenings with novels", "title": "Books", "category": "culture & arts"},
+        {"text": "the fox jumps over the dog", "title": "Fox", "category": "sports"},
+        {"text": "phone meeting on Thursday", "title": "Work", "category": "business"},
+    ]
+    query = NEWS_PROMPT + "a brown fox and a dog"
+    settings = EvalSettings(rag_k=1).resolve(spec)
+    assert prompting.retrieve(spec, query, profile, 1) == [1]
+    message = prompting.rag_message(llama, spec, query, profile, settings)
+    assert message.startswith('the category for the article: "the fox jumps over the dog" is "sports"')
+    assert message.endswith(query)
+    assert prompting.rag_message(llama, spec, query, [], settings) == query
+
+
+def test_cli_eval_prior_without_model(tmp_path: Path) -> None:
+    from chameleon_llm.cli import app
+
+    data = news_category(tmp_path / "data")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--methods",
+            "prior",
+            "--quiet",
+            "--bootstrap",
+            "20",
+            "--set",
+            "edit.alpha=1.5",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["fit_config"]["edit"]["alpha"] == 1.5 and "prior" in res["methods"]
+    bad = CliRunner().invoke(app, ["eval", "--data", str(data), "--out", str(out), "--methods", "nope"])
+    assert bad.exit_code != 0
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="shared bench data not present")
+def test_bench_fit_profiles_exclude_queries() -> None:
+    for task in ("news-category", "wine-rating"):
+        run = prepare_run(BENCH / task, Path("/nonexistent"), EvalConfig(methods=["prior"], limit_users=5))
+        for queries in run.users.values():
+            profile = fit_profile(queries)
+            assert profile
+            texts = {str(item.get("text")) for item in profile}
+            for q in queries:
+                assert not any(t and t in q.input for t in texts if len(t) > 40)
