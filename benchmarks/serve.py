@@ -247,8 +247,12 @@ async def equality_check(url: str, bodies: list[dict[str, Any]]) -> dict[str, An
 def engine_overhead(args: argparse.Namespace, users: list[str]) -> dict[str, Any]:
     """Same batch with and without the users' edits, alternated, in this process (no HTTP, no queue).
 
-    Run after the server stopped; less exposed to load drift than the HTTP rounds.
+    Runs on one torch thread and also counts CPU time, which other processes barely disturb (with
+    several threads, contention makes idle threads spin and inflates CPU time): the intrinsic cost
+    of the edits.
     """
+    import torch
+
     from chameleon_llm.edit import UserEdit
     from chameleon_llm.models import load_model, render_messages
     from chameleon_llm.serve.engine import Engine, Row
@@ -285,15 +289,19 @@ def engine_overhead(args: argparse.Namespace, users: list[str]) -> dict[str, Any
         tokens = n * args.max_tokens
         return tokens / (time.perf_counter() - wall), tokens / (time.process_time() - cpu)
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     timed(False), timed(True)  # warm-up
     base: list[tuple[float, float]] = []
     personal: list[tuple[float, float]] = []
     for r in range(args.engine_reps):
         for mode in (False, True) if r % 2 == 0 else (True, False):
             (personal if mode else base).append(timed(mode))
+    torch.set_num_threads(threads)
     wall = [p[0] / b[0] for p, b in zip(personal, base, strict=True)]
     cpu = [p[1] / b[1] for p, b in zip(personal, base, strict=True)]
     return {
+        "torch_threads": 1,
         "batch_rows": n,
         "tokens_per_row": args.max_tokens,
         "unpersonalized_tokens_per_s": round(statistics.median(b[0] for b in base), 1),

@@ -14,8 +14,11 @@ runner = CliRunner()
 
 
 def test_build_config_overrides_and_direct_options(tmp_path: Path) -> None:
-    cfg = build_config(None, ["edit.alpha=1.5", "pairs.source=history", "directions.band=[0.2, 0.5]"],
-                       **{"edit.beta": 0.25, "seed": None})
+    cfg = build_config(
+        None,
+        ["edit.alpha=1.5", "pairs.source=history", "directions.band=[0.2, 0.5]"],
+        **{"edit.beta": 0.25, "seed": None},
+    )
     assert cfg.edit.alpha == 1.5 and cfg.edit.beta == 0.25
     assert cfg.pairs.source == "history" and cfg.directions.band == (0.2, 0.5)
     f = tmp_path / "cfg.json"
@@ -46,7 +49,9 @@ def test_read_history_requires_exactly_one_source(tmp_path: Path) -> None:
 
 
 def test_lamp_history_adapter_reads_one_user() -> None:
-    bench = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench" / "news-category" / "questions.json"
+    bench = (
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "bench" / "news-category" / "questions.json"
+    )
     if not bench.is_file():
         pytest.skip("../shared/data not present")
     user = json.loads(bench.read_text())[0]["user_id"]

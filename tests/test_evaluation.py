@@ -368,6 +368,7 @@ def test_results_schema_report_and_fit_cache(
     assert res["config"]["fit_config"]["edit"]["alpha"] is not None
     assert res["resolved_settings"]["label_scoring"] is True
     assert res["provenance"]["versions"]["torch"] and "git_commit" in res["provenance"]
+    assert res["model"]["identity"]["config_hash"] == llama.config_hash
     assert res["methods"]["prior"]["valid_rate"] == 1.0
     assert "| chameleon |" in (run_dir / "results.md").read_text()
     assert (run_dir / "plots" / "metrics.png").stat().st_size > 1000

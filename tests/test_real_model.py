@@ -66,16 +66,38 @@ def test_cli_fit_generate_inspect(tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     exe = [sys.executable, "-m", "chameleon_llm"]
     edit = tmp_path / "formal.safetensors"
-    fit = subprocess.run([*exe, "fit", "--history", str(history), "--out", str(edit), "--json", "--no-cache"],
-                         capture_output=True, text=True, env=env, timeout=600)
+    fit = subprocess.run(
+        [*exe, "fit", "--history", str(history), "--out", str(edit), "--json", "--no-cache"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert fit.returncode == 0, fit.stderr
     summary = json.loads(fit.stdout)
     assert summary["id"] == UserEdit.load(edit).id
-    gen = subprocess.run([*exe, "generate", "--edit", str(edit), "--prompt", "Say hello.", "--max-new-tokens", "12",
-                          "--quiet"], capture_output=True, text=True, env=env, timeout=600)
+    gen = subprocess.run(
+        [
+            *exe,
+            "generate",
+            "--edit",
+            str(edit),
+            "--prompt",
+            "Say hello.",
+            "--max-new-tokens",
+            "12",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert gen.returncode == 0, gen.stderr
     assert gen.stdout.strip()
-    info = subprocess.run([*exe, "inspect", str(edit), "--json"], capture_output=True, text=True, env=env, timeout=120)
+    info = subprocess.run(
+        [*exe, "inspect", str(edit), "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert info.returncode == 0, info.stderr
     data = json.loads(info.stdout)
     assert data["id"] == summary["id"] and data["layers"] == summary["layers"]

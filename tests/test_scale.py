@@ -248,3 +248,15 @@ def test_fit_many_publishes_into_a_server_store(model_dir: str, tmp_path: Path) 
     for user in ("user0", "user1"):
         ref = Store(store).resolve_edit(user)
         assert ref is not None and ref.kind == "user" and ref.edit_id == manifest.users[user]["edit_id"]
+
+
+def test_file_names_and_missing_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chameleon_llm.scale.engines import EngineError, import_ray
+    from chameleon_llm.scale.fit_many import file_name
+
+    assert file_name("alice") == "alice"
+    assert file_name("a/b") != file_name("a_b") and "/" not in file_name("a/b")
+    assert not file_name("..").startswith(".") and not file_name(".hidden").startswith(".")
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed
+    with pytest.raises(EngineError, match=r"chameleon-llm\[scale\]"):
+        import_ray()

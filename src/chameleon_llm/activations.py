@@ -56,15 +56,19 @@ def collect_last_token(
 
         return hook
 
-    handles = [hook_module(lm.model, layer, hook_point).register_forward_hook(make_hook(i))
-               for i, layer in enumerate(layer_ids)]
+    handles = [
+        hook_module(lm.model, layer, hook_point).register_forward_hook(make_hook(i))
+        for i, layer in enumerate(layer_ids)
+    ]
     try:
         with torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 chunk = list(texts[start : start + batch_size])
                 enc = encode(lm, chunk, max_length=max_length)
                 if mean_last is not None:
-                    weights["w"] = _last_n_weights(mean_last[start : start + len(chunk)], enc["attention_mask"])
+                    weights["w"] = _last_n_weights(
+                        mean_last[start : start + len(chunk)], enc["attention_mask"]
+                    )
                 lm.model(**enc, **position_kwargs(lm.model, enc["attention_mask"]))
                 for slot in range(len(layer_ids)):
                     out[start : start + len(chunk), slot] = captured[slot]

@@ -27,8 +27,9 @@ class Calibration:
     baseline: float  # the unedited model's score
 
 
-def heldout_loglik(lm: LoadedModel, edit: UserEdit | None, items: Sequence[HistoryItem],
-                   max_chars: int = 600) -> float:
+def heldout_loglik(
+    lm: LoadedModel, edit: UserEdit | None, items: Sequence[HistoryItem], max_chars: int = 600
+) -> float:
     """Mean per-token log-likelihood of the items' outputs given their inputs (edit applied)."""
     prompts = [chat_prompt(lm, it.input.strip() or DEFAULT_QUERY) for it in items]
     outputs = [it.output[:max_chars] for it in items]
@@ -37,8 +38,13 @@ def heldout_loglik(lm: LoadedModel, edit: UserEdit | None, items: Sequence[Histo
     return sum(lp / n for lp, n in zip(logps, n_tokens, strict=True)) / len(items)
 
 
-def calibrate_alpha(lm: LoadedModel, edit: UserEdit, items: Sequence[HistoryItem],
-                    grid: Sequence[float], beta_grid: Sequence[float] | None = None) -> Calibration:
+def calibrate_alpha(
+    lm: LoadedModel,
+    edit: UserEdit,
+    items: Sequence[HistoryItem],
+    grid: Sequence[float],
+    beta_grid: Sequence[float] | None = None,
+) -> Calibration:
     """Pick (α, β) from ``grid`` (plus 0) × ``beta_grid`` (default: the edit's β) maximizing held-out
     log-likelihood; ties go to the weaker edit."""
     if not items:
@@ -46,7 +52,8 @@ def calibrate_alpha(lm: LoadedModel, edit: UserEdit, items: Sequence[HistoryItem
     alphas = sorted({0.0, *grid})
     betas = sorted(set(beta_grid)) if beta_grid else [edit.beta]
     baseline = heldout_loglik(lm, None, items)
-    scores = {(a, b): heldout_loglik(lm, edit.with_strengths(alpha=a, beta=b), items)
-              for a in alphas for b in betas}
+    scores = {
+        (a, b): heldout_loglik(lm, edit.with_strengths(alpha=a, beta=b), items) for a in alphas for b in betas
+    }
     best = max(scores, key=lambda ab: (scores[ab], -ab[0] - ab[1]))
     return Calibration(alpha=best[0], beta=best[1], scores=scores, n_items=len(items), baseline=baseline)

@@ -18,8 +18,12 @@ from .fit import FitError
 from .history import HistoryError, HistoryItem, load_history
 from .models import DEFAULT_MODEL, ModelNotAvailableError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Personalize an LLM per user without fine-tuning (fake it, then align it).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Personalize an LLM per user without fine-tuning (fake it, then align it).",
+)
 console = Console(stderr=True)
 out = Console()
 
@@ -40,8 +44,9 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def build_config(config_file: Path | None, sets: list[str], *, preset: str | None = None,
-                 **direct: Any) -> FitConfig:
+def build_config(
+    config_file: Path | None, sets: list[str], *, preset: str | None = None, **direct: Any
+) -> FitConfig:
     """FitConfig from a preset, an optional JSON file, ``--set section.key=value`` and direct options
     (later ones win)."""
     overrides: dict[str, Any] = {}
@@ -121,22 +126,38 @@ def fit(
     from .fit import fit_user
     from .progress import stage_progress
 
-    cfg = build_config(config, set_ or [], preset=preset, **{"pairs.source": pairs_source, "edit.alpha": alpha,
-                                               "edit.beta": beta, "directions.layer_rule": layer_rule,
-                                               "seed": seed})
+    cfg = build_config(
+        config,
+        set_ or [],
+        preset=preset,
+        **{
+            "pairs.source": pairs_source,
+            "edit.alpha": alpha,
+            "edit.beta": beta,
+            "directions.layer_rule": layer_rule,
+            "seed": seed,
+        },
+    )
     items = read_history(history, lamp, user)
     lm = _load(model, dtype, quiet or as_json)
     with stage_progress(enabled=not (quiet or as_json)) as progress:
         result = fit_user(lm, items, cfg, cache=not no_cache, progress=progress)
     result.edit.save(out_path)
-    summary = {"edit": str(out_path), "id": result.edit.id, "layers": list(result.edit.layers),
-               "n_pairs": len(result.pairs), "timings": result.timings,
-               "insight": result.insights.personal}
+    summary = {
+        "edit": str(out_path),
+        "id": result.edit.id,
+        "layers": list(result.edit.layers),
+        "n_pairs": len(result.pairs),
+        "timings": result.timings,
+        "insight": result.insights.personal,
+    }
     if as_json:
         out.print_json(json.dumps(summary))
     elif not quiet:
-        console.print(f"[green]wrote[/green] {out_path}  id={result.edit.id}  layers={list(result.edit.layers)}  "
-                      f"pairs={len(result.pairs)}  {result.timings['total']:.1f}s")
+        console.print(
+            f"[green]wrote[/green] {out_path}  id={result.edit.id}  layers={list(result.edit.layers)}  "
+            f"pairs={len(result.pairs)}  {result.timings['total']:.1f}s"
+        )
 
 
 @app.command()
@@ -162,15 +183,22 @@ def generate(
     prompts = _read_prompts(prompt, input_file)
     user_edit = UserEdit.load(edit) if edit is not None else None
     if user_edit is not None and (alpha is not None or beta is not None):
-        user_edit = user_edit.with_strengths(**{k: v for k, v in {"alpha": alpha, "beta": beta}.items()
-                                                if v is not None})
+        user_edit = user_edit.with_strengths(
+            **{k: v for k, v in {"alpha": alpha, "beta": beta}.items() if v is not None}
+        )
     name = model or (user_edit.model.get("name") if user_edit else None) or DEFAULT_MODEL
     lm = _load(name, dtype, quiet or as_json)
     opts = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     texts = run(lm, prompts, user_edit, opts, batch_size=batch_size)
     if as_json:
-        out.print_json(json.dumps([{"prompt": p, "completion": t, "edit": user_edit.id if user_edit else None}
-                                   for p, t in zip(prompts, texts, strict=True)]))
+        out.print_json(
+            json.dumps(
+                [
+                    {"prompt": p, "completion": t, "edit": user_edit.id if user_edit else None}
+                    for p, t in zip(prompts, texts, strict=True)
+                ]
+            )
+        )
     else:
         for t in texts:
             print(t)
@@ -208,7 +236,9 @@ def inspect(
         out.print_json(json.dumps(info, default=str))
         return
     out.print(f"[bold]edit[/bold] {e.id}  ({info['file_bytes']} bytes)")
-    out.print(f"model: {e.model.get('name')}  ({e.model.get('model_type')}, config {e.model.get('config_hash')})")
+    out.print(
+        f"model: {e.model.get('name')}  ({e.model.get('model_type')}, config {e.model.get('config_hash')})"
+    )
     out.print(f"hook: {e.hook_point}  layers: {list(e.layers)}  rank: {e.personal.shape[1]}")
     s = e.strengths
     out.print(f"strengths: α={s.alpha} β={s.beta} positions={s.positions} max_edit_ratio={s.max_edit_ratio}")
@@ -239,8 +269,14 @@ def demo(
     """Fit the embedded demo users and print base vs personalized answers side by side."""
     from .demo import run_demo
 
-    run_demo(model=model, n_prompts=prompts, max_new_tokens=max_new_tokens, out_dir=out_dir,
-             quiet=quiet, as_json=as_json)
+    run_demo(
+        model=model,
+        n_prompts=prompts,
+        max_new_tokens=max_new_tokens,
+        out_dir=out_dir,
+        quiet=quiet,
+        as_json=as_json,
+    )
 
 
 def option_rows() -> list[tuple[str, str, str]]:
@@ -251,8 +287,13 @@ def option_rows() -> list[tuple[str, str, str]]:
         value = getattr(defaults, section)
         if hasattr(value, "model_fields"):
             for name, sub in type(value).model_fields.items():
-                rows.append((f"{section}.{name}", json.dumps(getattr(value, name), default=str),
-                             sub.description or ""))
+                rows.append(
+                    (
+                        f"{section}.{name}",
+                        json.dumps(getattr(value, name), default=str),
+                        sub.description or "",
+                    )
+                )
         else:
             rows.append((section, json.dumps(value), field.description or ""))
     return rows
@@ -277,8 +318,12 @@ def _register_optional() -> None:
     """Commands that live in sub-packages (evaluation, serving, scale) register themselves."""
     import importlib
 
-    for module in ("chameleon_llm.lamp.cli", "chameleon_llm.evaluation.cli", "chameleon_llm.serve.cli",
-                   "chameleon_llm.scale.cli"):
+    for module in (
+        "chameleon_llm.lamp.cli",
+        "chameleon_llm.evaluation.cli",
+        "chameleon_llm.serve.cli",
+        "chameleon_llm.scale.cli",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -290,8 +335,15 @@ def _register_optional() -> None:
 
 _register_optional()
 
-_USER_ERRORS = (UsageError, HistoryError, EditFileError, ModelNotAvailableError, FileNotFoundError, FitError,
-                json.JSONDecodeError)
+_USER_ERRORS = (
+    UsageError,
+    HistoryError,
+    EditFileError,
+    ModelNotAvailableError,
+    FileNotFoundError,
+    FitError,
+    json.JSONDecodeError,
+)
 
 
 def main() -> None:

@@ -37,13 +37,17 @@ class InsightConfig(_Stage):
 
     prompt_version: str = Field("v1", description="prompt template version (files in chameleon_llm/prompts)")
     max_new_tokens: int = Field(96, ge=8, description="tokens per insight")
-    items_in_prompt: int = Field(6, ge=1, description="selected items shown to the model when it writes insights")
+    items_in_prompt: int = Field(
+        6, ge=1, description="selected items shown to the model when it writes insights"
+    )
 
 
 class PairConfig(_Stage):
     """How personalized/neutral response pairs are made."""
 
-    source: PairSource = Field("history", description="synthetic (paper) | history (real outputs) | mixed (both)")
+    source: PairSource = Field(
+        "history", description="synthetic (paper) | history (real outputs) | mixed (both)"
+    )
     n_queries: int = Field(8, ge=1, description="history queries used to build pairs")
     max_new_tokens: int = Field(48, ge=4, description="tokens per generated response")
     min_cosine_distance: float = Field(
@@ -55,7 +59,9 @@ class PairConfig(_Stage):
 class ActivationConfig(_Stage):
     """Where hidden states are read from."""
 
-    hook_point: HookPoint = Field("layer", description="mlp: MLP output | layer: decoder-layer output (residual)")
+    hook_point: HookPoint = Field(
+        "layer", description="mlp: MLP output | layer: decoder-layer output (residual)"
+    )
     token: Literal["last", "response-mean"] = Field(
         "response-mean", description="read the last token, or average over the response's tokens"
     )
@@ -66,10 +72,14 @@ class ActivationConfig(_Stage):
 class DirectionConfig(_Stage):
     """Estimators and the layer selector."""
 
-    personal: PersonalEstimator = Field("mean-diff", description="svd (uncentred) | svd-centered | svd-diff | mean-diff")
+    personal: PersonalEstimator = Field(
+        "mean-diff", description="svd (uncentred) | svd-centered | svd-diff | mean-diff"
+    )
     neutral: NeutralEstimator = Field("ccs", description="ccs (Burns et al.) | mean-diff")
     rank: int = Field(1, ge=1, description="personalized subspace rank")
-    layer_rule: LayerRule = Field("band", description="band | ccs-loss (lowest loss) | validation (held-out pairs)")
+    layer_rule: LayerRule = Field(
+        "band", description="band | ccs-loss (lowest loss) | validation (held-out pairs)"
+    )
     n_layers: int = Field(4, ge=1, description="layers kept by the ccs-loss or validation rule")
     band: tuple[float, float] = Field((0.3, 0.4), description="fraction of depth for the band rule")
     ccs_restarts: int = Field(5, ge=1, description="CCS random restarts (best loss kept)")
@@ -103,7 +113,9 @@ class EditConfig(_Stage):
     calibrate: bool = Field(
         True, description="choose α per user from alpha_grid by held-out history log-likelihood"
     )
-    alpha_grid: tuple[float, ...] = Field((0.1, 0.25, 0.5, 1.0), description="α candidates (0 is always tried)")
+    alpha_grid: tuple[float, ...] = Field(
+        (0.1, 0.25, 0.5, 1.0), description="α candidates (0 is always tried)"
+    )
     beta_grid: tuple[float, ...] = Field((0.0, 0.5), description="β candidates tried with each α")
     calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
 

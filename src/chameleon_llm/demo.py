@@ -44,8 +44,9 @@ def demo_users() -> list[DemoUser]:
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".json"):
             data = json.loads(entry.read_text(encoding="utf-8"))
-            users.append(DemoUser(data["user"], data["description"],
-                                  parse_history(data["history"], source=entry.name)))
+            users.append(
+                DemoUser(data["user"], data["description"], parse_history(data["history"], source=entry.name))
+            )
     return users
 
 
@@ -68,9 +69,16 @@ def style_margin(answers: list[str], own: list[HistoryItem], others: list[list[H
     return float((own_sim - other_sim).mean())
 
 
-def run_demo(*, model: str = DEFAULT_MODEL, n_prompts: int = 3, max_new_tokens: int = 60,
-             out_dir: Path | None = None, quiet: bool = False, as_json: bool = False,
-             config: FitConfig | None = None) -> dict[str, Any]:
+def run_demo(
+    *,
+    model: str = DEFAULT_MODEL,
+    n_prompts: int = 3,
+    max_new_tokens: int = 60,
+    out_dir: Path | None = None,
+    quiet: bool = False,
+    as_json: bool = False,
+    config: FitConfig | None = None,
+) -> dict[str, Any]:
     """Fit every demo user, answer the demo prompts with and without their edit, report style scores."""
     console = Console(stderr=as_json)
     lm = load_model(model)
@@ -89,20 +97,28 @@ def run_demo(*, model: str = DEFAULT_MODEL, n_prompts: int = 3, max_new_tokens: 
         calibration = result.edit.stats.get("calibration")
         report["users"][user.name] = {
             "calibration": calibration,
-            "description": user.description, "edit_id": result.edit.id, "layers": list(result.edit.layers),
-            "insight": result.insights.personal, "fit_seconds": result.timings["total"],
-            "answers": personal, "style_margin_base": round(score_base, 4),
+            "description": user.description,
+            "edit_id": result.edit.id,
+            "layers": list(result.edit.layers),
+            "insight": result.insights.personal,
+            "fit_seconds": result.timings["total"],
+            "answers": personal,
+            "style_margin_base": round(score_base, 4),
             "style_margin_personalized": round(score_personal, 4),
         }
         if out_dir is not None:
             result.edit.save(out_dir / f"{user.name}.safetensors")
         if not as_json:
-            _print_user(console, user, prompts, base, personal, score_base, score_personal, result.insights.personal)
+            _print_user(
+                console, user, prompts, base, personal, score_base, score_personal, result.insights.personal
+            )
             if isinstance(calibration, dict):
                 c = calibration
-                console.print(f"held-out log-likelihood of {user.name}'s real answers ({c['n_items']} items not used "
-                              f"for fitting; α, β chosen on them): base {c['loglik_base']:.3f} → personalized "
-                              f"{c['loglik_best']:.3f} per token at α={c['alpha']}, β={c['beta']}\n")
+                console.print(
+                    f"held-out log-likelihood of {user.name}'s real answers ({c['n_items']} items not used "
+                    f"for fitting; α, β chosen on them): base {c['loglik_base']:.3f} → personalized "
+                    f"{c['loglik_best']:.3f} per token at α={c['alpha']}, β={c['beta']}\n"
+                )
     if out_dir is not None:
         atomic_write_text(out_dir / "demo.json", json.dumps(report, indent=2, ensure_ascii=False))
     if as_json:
@@ -110,8 +126,16 @@ def run_demo(*, model: str = DEFAULT_MODEL, n_prompts: int = 3, max_new_tokens: 
     return report
 
 
-def _print_user(console: Console, user: DemoUser, prompts: list[str], base: list[str], personal: list[str],
-                score_base: float, score_personal: float, insight: str) -> None:
+def _print_user(
+    console: Console,
+    user: DemoUser,
+    prompts: list[str],
+    base: list[str],
+    personal: list[str],
+    score_base: float,
+    score_personal: float,
+    insight: str,
+) -> None:
     table = Table(title=f"{user.name}: {user.description}", show_lines=True, expand=True)
     table.add_column("prompt", ratio=1)
     table.add_column("base", ratio=3)
@@ -121,5 +145,7 @@ def _print_user(console: Console, user: DemoUser, prompts: list[str], base: list
     console.print(table)
     console.print(f"[dim]insight:[/dim] {insight}")
     arrow = "[green]closer to this user[/green]" if score_personal > score_base else "[red]not closer[/red]"
-    console.print(f"style margin toward {user.name} (own vs other users' answers): base {score_base:+.3f} → "
-                  f"personalized {score_personal:.3f} ({arrow})\n")
+    console.print(
+        f"style margin toward {user.name} (own vs other users' answers): base {score_base:+.3f} → "
+        f"personalized {score_personal:.3f} ({arrow})\n"
+    )

@@ -67,7 +67,7 @@ def neutral_mean_diff(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 
 
 def ccs_loss(p_pos: torch.Tensor, p_neg: torch.Tensor) -> torch.Tensor:
-    """Burns et al. (2022): consistency (p⁺ ≈ 1 − p⁻) plus confidence (min(p⁺, p⁻)² small); mean over pairs."""
+    """Burns et al. (2022): consistency (p⁺ ≈ 1 − p⁻) + confidence (min(p⁺, p⁻)² small), mean over pairs."""
     consistency = (p_pos - (1.0 - p_neg)) ** 2
     confidence = torch.minimum(p_pos, p_neg) ** 2
     return (consistency + confidence).mean(dim=-1)
@@ -89,7 +89,9 @@ def ccs(
     the probe weight is mapped back to the raw space and oriented toward the neutral class.
     """
     if pos.shape != neg.shape or pos.ndim != 3:
-        raise ValueError(f"pos and neg must both be (n_pairs, n_layers, hidden), got {pos.shape}, {neg.shape}")
+        raise ValueError(
+            f"pos and neg must both be (n_pairs, n_layers, hidden), got {pos.shape}, {neg.shape}"
+        )
     n, n_layers, d = pos.shape
     if n < 2:
         raise ValueError(f"CCS needs at least 2 pairs, got {n}")
@@ -151,8 +153,15 @@ def estimate(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, *, seed
     personal = torch.stack(
         [personal_basis(pos[:, i], neg[:, i], cfg.personal, cfg.rank) for i in range(n_layers)]
     )
-    result = ccs(pos, neg, restarts=cfg.ccs_restarts, epochs=cfg.ccs_epochs, lr=cfg.ccs_lr,
-                 weight_decay=cfg.ccs_weight_decay, seed=seed)
+    result = ccs(
+        pos,
+        neg,
+        restarts=cfg.ccs_restarts,
+        epochs=cfg.ccs_epochs,
+        lr=cfg.ccs_lr,
+        weight_decay=cfg.ccs_weight_decay,
+        seed=seed,
+    )
     neutral = result.directions if cfg.neutral == "ccs" else neutral_mean_diff(pos, neg)
     gap = torch.einsum("lrd,ld->lr", personal, pos.mean(0) - neg.mean(0))
     top = personal[:, 0]
@@ -171,8 +180,15 @@ LayerSelector = Callable[[torch.Tensor, torch.Tensor, DirectionConfig, int], lis
 
 def select_by_ccs_loss(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, seed: int) -> list[int]:
     """The paper's rule: the layers with the lowest CCS loss."""
-    loss = ccs(pos, neg, restarts=cfg.ccs_restarts, epochs=cfg.ccs_epochs, lr=cfg.ccs_lr,
-               weight_decay=cfg.ccs_weight_decay, seed=seed).loss
+    loss = ccs(
+        pos,
+        neg,
+        restarts=cfg.ccs_restarts,
+        epochs=cfg.ccs_epochs,
+        lr=cfg.ccs_lr,
+        weight_decay=cfg.ccs_weight_decay,
+        seed=seed,
+    ).loss
     return sorted(torch.argsort(loss)[: cfg.n_layers].tolist())
 
 
@@ -180,22 +196,26 @@ def select_band(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, seed
     """A fixed band of depth, e.g. (0.3, 0.6) of the layers."""
     n_layers = pos.shape[1]
     lo, hi = cfg.band
-    first, last = int(lo * n_layers), max(int(lo * n_layers) + 1, int(round(hi * n_layers)))
+    first, last = int(lo * n_layers), max(int(lo * n_layers) + 1, round(hi * n_layers))
     return list(range(first, min(last, n_layers)))
 
 
 def select_by_validation(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, seed: int) -> list[int]:
     """Fit on part of the pairs, keep the layers whose personalized direction best separates the rest."""
     n = pos.shape[0]
-    n_hold = max(1, int(round(cfg.holdout_fraction * n)))
+    n_hold = max(1, round(cfg.holdout_fraction * n))
     if n - n_hold < 2:
         raise ValueError(f"validation layer selection needs at least {n_hold + 2} pairs, got {n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     fit_idx, hold_idx = perm[n_hold:], perm[:n_hold]
-    basis = torch.stack([personal_basis(pos[fit_idx, i], neg[fit_idx, i], cfg.personal, 1)[0]
-                         for i in range(pos.shape[1])])
-    score = separation(pos[hold_idx], neg[hold_idx], basis) if n_hold > 1 else (
-        ((pos[hold_idx] - neg[hold_idx]) * basis).sum(-1).mean(0))
+    basis = torch.stack(
+        [personal_basis(pos[fit_idx, i], neg[fit_idx, i], cfg.personal, 1)[0] for i in range(pos.shape[1])]
+    )
+    score = (
+        separation(pos[hold_idx], neg[hold_idx], basis)
+        if n_hold > 1
+        else (((pos[hold_idx] - neg[hold_idx]) * basis).sum(-1).mean(0))
+    )
     return sorted(torch.argsort(score, descending=True)[: cfg.n_layers].tolist())
 
 
@@ -206,8 +226,14 @@ LAYER_SELECTORS: dict[str, LayerSelector] = {
 }
 
 
-def select_layers(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, *, seed: int = 0,
-                  ccs_loss_per_layer: torch.Tensor | None = None) -> list[int]:
+def select_layers(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    cfg: DirectionConfig,
+    *,
+    seed: int = 0,
+    ccs_loss_per_layer: torch.Tensor | None = None,
+) -> list[int]:
     """Apply the configured layer selector (reusing already-computed CCS losses when given)."""
     if cfg.layer_rule == "ccs-loss" and ccs_loss_per_layer is not None:
         return sorted(torch.argsort(ccs_loss_per_layer)[: cfg.n_layers].tolist())

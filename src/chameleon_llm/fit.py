@@ -69,9 +69,15 @@ def _pair_cache_path(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitCo
     return root / "pairs" / f"{key}.json"
 
 
-def build_pairs(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig, embedder: Embedder,
-                timings: dict[str, float], progress: Progress | None = None,
-                cache: Path | None = None) -> tuple[list[Pair], Insights, list[int]]:
+def build_pairs(
+    lm: LoadedModel,
+    history: Sequence[HistoryItem],
+    cfg: FitConfig,
+    embedder: Embedder,
+    timings: dict[str, float],
+    progress: Progress | None = None,
+    cache: Path | None = None,
+) -> tuple[list[Pair], Insights, list[int]]:
     """Selection, insights and pairs (the text stages), cached per user and generation config."""
     with _timed(timings, "select", progress):
         emb = embedder.encode([f"{it.input}\n{it.output}" for it in history])
@@ -92,28 +98,45 @@ def build_pairs(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig,
     return pairs, insights, selected
 
 
-def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insights: Insights,
-                    timings: dict[str, float], progress: Progress | None = None,
-                    extra_stats: dict[str, object] | None = None) -> tuple[UserEdit, Directions]:
+def edit_from_pairs(
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    cfg: FitConfig,
+    insights: Insights,
+    timings: dict[str, float],
+    progress: Progress | None = None,
+    extra_stats: dict[str, object] | None = None,
+) -> tuple[UserEdit, Directions]:
     """Activations → directions → layer selection → UserEdit."""
     if len(pairs) < 2:
-        raise FitError(f"only {len(pairs)} usable pair(s) after filtering; at least 2 are needed. "
-                       "Add history items, raise pairs.n_queries, or lower pairs.min_cosine_distance.")
+        raise FitError(
+            f"only {len(pairs)} usable pair(s) after filtering; at least 2 are needed. "
+            "Add history items, raise pairs.n_queries, or lower pairs.min_cosine_distance."
+        )
     acfg = cfg.activations
     with _timed(timings, "activations", progress):
         pos_texts, neg_texts = pair_texts(lm, pairs)
         counts = None
         if acfg.token == "response-mean":
             counts = [_n_tokens(lm, p.personal) for p in pairs] + [_n_tokens(lm, p.neutral) for p in pairs]
-        states = collect_last_token(lm, pos_texts + neg_texts, hook_point=acfg.hook_point,
-                                    batch_size=acfg.batch_size, max_length=acfg.max_length, mean_last=counts)
+        states = collect_last_token(
+            lm,
+            pos_texts + neg_texts,
+            hook_point=acfg.hook_point,
+            batch_size=acfg.batch_size,
+            max_length=acfg.max_length,
+            mean_last=counts,
+        )
         pos, neg = states[: len(pairs)], states[len(pairs) :]
     with _timed(timings, "directions", progress):
         dirs = estimate(pos, neg, cfg.directions, seed=cfg.seed)
         layers = select_layers(pos, neg, cfg.directions, seed=cfg.seed, ccs_loss_per_layer=dirs.ccs_loss)
-    stats: dict[str, object] = {"per_layer": dirs.stats, "n_pairs": len(pairs),
-                                "pair_sources": sorted({p.source for p in pairs}),
-                                "personal_insight_checked": insights.personal_checked}
+    stats: dict[str, object] = {
+        "per_layer": dirs.stats,
+        "n_pairs": len(pairs),
+        "pair_sources": sorted({p.source for p in pairs}),
+        "personal_insight_checked": insights.personal_checked,
+    }
     stats.update(extra_stats or {})
     edit = UserEdit(
         layers=tuple(layers),
@@ -131,8 +154,15 @@ def edit_from_pairs(lm: LoadedModel, pairs: Sequence[Pair], cfg: FitConfig, insi
     return edit, dirs
 
 
-def calibrate_edit(lm: LoadedModel, edit: UserEdit, history: Sequence[HistoryItem], selected: Sequence[int],
-                   cfg: FitConfig, timings: dict[str, float], progress: Progress | None = None) -> UserEdit:
+def calibrate_edit(
+    lm: LoadedModel,
+    edit: UserEdit,
+    history: Sequence[HistoryItem],
+    selected: Sequence[int],
+    cfg: FitConfig,
+    timings: dict[str, float],
+    progress: Progress | None = None,
+) -> UserEdit:
     """Set α by held-out log-likelihood on history items that were not used for pairs."""
     used = set(selected)
     heldout = [it for i, it in enumerate(history) if i not in used][: cfg.edit.calibration_items]
@@ -141,12 +171,22 @@ def calibrate_edit(lm: LoadedModel, edit: UserEdit, history: Sequence[HistoryIte
         return replace(edit, stats=stats)
     with _timed(timings, "calibrate", progress):
         cal = calibrate_alpha(lm, edit, heldout, cfg.edit.alpha_grid, cfg.edit.beta_grid)
-    stats = {**edit.stats, "calibration": {
-        "alpha": cal.alpha, "beta": cal.beta, "n_items": cal.n_items, "loglik_base": round(cal.baseline, 5),
-        "loglik_best": round(cal.scores[(cal.alpha, cal.beta)], 5),
-        "loglik_per_token": {f"{a},{b}": round(v, 5) for (a, b), v in cal.scores.items()}}}
-    return replace(edit.with_strengths(alpha=cal.alpha, beta=cal.beta), stats=stats,
-                   provenance={**edit.provenance, "timings": timings})
+    stats = {
+        **edit.stats,
+        "calibration": {
+            "alpha": cal.alpha,
+            "beta": cal.beta,
+            "n_items": cal.n_items,
+            "loglik_base": round(cal.baseline, 5),
+            "loglik_best": round(cal.scores[(cal.alpha, cal.beta)], 5),
+            "loglik_per_token": {f"{a},{b}": round(v, 5) for (a, b), v in cal.scores.items()},
+        },
+    }
+    return replace(
+        edit.with_strengths(alpha=cal.alpha, beta=cal.beta),
+        stats=stats,
+        provenance={**edit.provenance, "timings": timings},
+    )
 
 
 def fit_user(
@@ -175,5 +215,6 @@ def fit_user(
     if cfg.edit.calibrate:
         edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress)
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 4)
-    return FitResult(edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings,
-                     directions=dirs)
+    return FitResult(
+        edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings, directions=dirs
+    )

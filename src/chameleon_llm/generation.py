@@ -31,7 +31,9 @@ class _StopOnStrings(StoppingCriteria):
     def __init__(self, lm: LoadedModel, stops: Sequence[str], prompt_len: int) -> None:
         self.lm, self.stops, self.prompt_len = lm, list(stops), prompt_len
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object
+    ) -> torch.BoolTensor:
         texts = self.lm.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
         done = [any(s in t for s in self.stops) for t in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]

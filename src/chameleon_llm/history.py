@@ -41,31 +41,41 @@ class HistoryItem:
 def _truncate(text: str, limit: int, where: str) -> str:
     if len(text) <= limit:
         return text
-    warnings.warn(f"{where} has {len(text)} characters; truncated to {limit}", HistoryTruncationWarning,
-                  stacklevel=3)
+    warnings.warn(
+        f"{where} has {len(text)} characters; truncated to {limit}", HistoryTruncationWarning, stacklevel=3
+    )
     return text[:limit]
 
 
-def parse_history(records: Iterable[Any], *, source: str = "history",
-                  max_chars: int = DEFAULT_MAX_CHARS) -> list[HistoryItem]:
+def parse_history(
+    records: Iterable[Any], *, source: str = "history", max_chars: int = DEFAULT_MAX_CHARS
+) -> list[HistoryItem]:
     """Validate raw records into history items."""
     items: list[HistoryItem] = []
     for i, rec in enumerate(records):
         where = f"{source} item {i}"
         if not isinstance(rec, Mapping):
-            raise HistoryError(f"{where} is a {type(rec).__name__}, expected an object "
-                               '{"input": "...", "output": "..."}')
+            raise HistoryError(
+                f'{where} is a {type(rec).__name__}, expected an object {{"input": "...", "output": "..."}}'
+            )
         for key in ("input", "output"):
             if key not in rec:
                 raise HistoryError(f'{where} has no "{key}" field; every item needs "input" and "output"')
             if not isinstance(rec[key], str):
-                raise HistoryError(f'{where}: "{key}" must be a string, got {type(rec[key]).__name__}'
-                                   f" ({rec[key]!r:.40}); convert numbers and labels to text")
+                raise HistoryError(
+                    f'{where}: "{key}" must be a string, got {type(rec[key]).__name__}'
+                    f" ({rec[key]!r:.40}); convert numbers and labels to text"
+                )
         if not rec["output"].strip():
             raise HistoryError(f'{where} has an empty "output": drop the item or fill it in')
         extra = {k: v for k, v in rec.items() if k not in ("input", "output")}
-        items.append(HistoryItem(_truncate(rec["input"], max_chars, f"{where} input"),
-                                 _truncate(rec["output"], max_chars, f"{where} output"), extra))
+        items.append(
+            HistoryItem(
+                _truncate(rec["input"], max_chars, f"{where} input"),
+                _truncate(rec["output"], max_chars, f"{where} output"),
+                extra,
+            )
+        )
     if not items:
         raise HistoryError(f"{source} is empty: give at least one item with an input and an output")
     return items
@@ -75,7 +85,9 @@ def _decode(raw: bytes, path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise HistoryError(f"{path} is not UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8") from exc
+        raise HistoryError(
+            f"{path} is not UTF-8 (bad byte at offset {exc.start}); re-save it as UTF-8"
+        ) from exc
 
 
 def load_history(path: str | Path, *, max_chars: int = DEFAULT_MAX_CHARS) -> list[HistoryItem]:
@@ -99,13 +111,17 @@ def load_history(path: str | Path, *, max_chars: int = DEFAULT_MAX_CHARS) -> lis
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise HistoryError(f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                           "use a JSON list of items or JSONL with a .jsonl suffix") from exc
+        raise HistoryError(
+            f"{p} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            "use a JSON list of items or JSONL with a .jsonl suffix"
+        ) from exc
     if isinstance(data, Mapping) and "history" in data:
         data = data["history"]
     if not isinstance(data, list):
-        raise HistoryError(f'{p} must hold a JSON list of items (or an object with a "history" list), '
-                           f"got {type(data).__name__}")
+        raise HistoryError(
+            f'{p} must hold a JSON list of items (or an object with a "history" list), '
+            f"got {type(data).__name__}"
+        )
     return parse_history(data, source=str(p), max_chars=max_chars)
 
 

@@ -9,7 +9,13 @@ from torch import nn
 
 from .config import HookPoint
 
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "transformer.layers")
+_LAYER_PATHS = (
+    "model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.layers",
+)
 _MLP_NAMES = ("mlp", "feed_forward", "block_sparse_moe", "ffn")
 
 

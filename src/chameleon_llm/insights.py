@@ -25,8 +25,9 @@ class Insights:
 
 
 def _examples(items: Sequence[HistoryItem]) -> str:
-    return "\n\n".join(f"Request: {it.input[:_EXCERPT] or '(none)'}\nAnswer: {it.output[:_EXCERPT]}"
-                       for it in items)
+    return "\n\n".join(
+        f"Request: {it.input[:_EXCERPT] or '(none)'}\nAnswer: {it.output[:_EXCERPT]}" for it in items
+    )
 
 
 def insight_is_grounded(text: str, items: Sequence[HistoryItem]) -> bool:
@@ -44,12 +45,15 @@ def _fallback(items: Sequence[HistoryItem]) -> str:
 
 
 def write_insights(lm: LoadedModel, items: Sequence[HistoryItem], cfg: InsightConfig) -> Insights:
-    """Generate both insights in one batch; fall back to a quoted summary if the personal one is ungrounded."""
+    """Generate both insights in one batch; an ungrounded personal insight becomes a quoted summary."""
     shown = list(items)[: cfg.items_in_prompt]
     p_user, p_prefix = load_template("insight_personal", cfg.prompt_version).render(examples=_examples(shown))
     queries = "\n".join(f"- {it.input[:_EXCERPT] or '(none)'}" for it in shown)
     n_user, n_prefix = load_template("insight_neutral", cfg.prompt_version).render(queries=queries)
-    prompts = [chat_prompt(lm, p_user, assistant_prefix=p_prefix), chat_prompt(lm, n_user, assistant_prefix=n_prefix)]
+    prompts = [
+        chat_prompt(lm, p_user, assistant_prefix=p_prefix),
+        chat_prompt(lm, n_user, assistant_prefix=n_prefix),
+    ]
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens)
     personal_raw, neutral_raw = generate_raw(lm, prompts, None, opts)
     personal = f"{p_prefix} {personal_raw}".strip()

@@ -88,13 +88,29 @@ def model_identity(model: PreTrainedModel, name: str) -> dict[str, Any]:
     cfg = model.config
     n_layers = _num_layers(model)
     hidden = int(getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None) or 0)
-    keys = ("model_type", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "intermediate_size",
-            "num_attention_heads", "vocab_size", "rope_theta", "rms_norm_eps", "layer_norm_epsilon")
+    keys = (
+        "model_type",
+        "hidden_size",
+        "n_embd",
+        "num_hidden_layers",
+        "n_layer",
+        "intermediate_size",
+        "num_attention_heads",
+        "vocab_size",
+        "rope_theta",
+        "rms_norm_eps",
+        "layer_norm_epsilon",
+    )
     core = {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
     core["architectures"] = list(getattr(cfg, "architectures", None) or [type(model).__name__])
     digest = hashlib.sha256(json.dumps(core, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"name": name, "model_type": cfg.model_type, "num_layers": n_layers, "hidden_size": hidden,
-            "config_hash": digest}
+    return {
+        "name": name,
+        "model_type": cfg.model_type,
+        "num_layers": n_layers,
+        "hidden_size": hidden,
+        "config_hash": digest,
+    }
 
 
 def _num_layers(model: PreTrainedModel) -> int:
@@ -158,7 +174,9 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_model(name: str = DEFAULT_MODEL, *, dtype: DTypeName = "float32", device: str = "cpu") -> LoadedModel:
+def load_model(
+    name: str = DEFAULT_MODEL, *, dtype: DTypeName = "float32", device: str = "cpu"
+) -> LoadedModel:
     """Load a causal LM by hub id, local folder, or packaged name (default: SmolLM2-135M-Instruct)."""
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
@@ -200,11 +218,15 @@ def chat_prompt(lm: LoadedModel, user: str, *, system: str | None = None, assist
     return render_messages(lm, messages) + assistant_prefix
 
 
-def render_messages(lm: LoadedModel, messages: Sequence[Message], *, add_generation_prompt: bool = True) -> str:
+def render_messages(
+    lm: LoadedModel, messages: Sequence[Message], *, add_generation_prompt: bool = True
+) -> str:
     """Render chat messages with the tokenizer's template."""
     tok = lm.tokenizer
     if getattr(tok, "chat_template", None):
-        text = tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        text = tok.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         return str(text)
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     if add_generation_prompt:
@@ -212,7 +234,9 @@ def render_messages(lm: LoadedModel, messages: Sequence[Message], *, add_generat
     return "\n".join(lines)
 
 
-def encode(lm: LoadedModel, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, torch.Tensor]:
+def encode(
+    lm: LoadedModel, texts: Sequence[str], *, max_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """Tokenize a batch with left padding; chat templates already carry special tokens."""
     enc = lm.tokenizer(
         list(texts),

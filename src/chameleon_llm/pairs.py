@@ -31,28 +31,47 @@ def _query(item: HistoryItem) -> str:
     return item.input.strip() or DEFAULT_QUERY
 
 
-def _neutral_prompts(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str) -> list[str]:
+def _neutral_prompts(
+    lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str
+) -> list[str]:
     tpl = load_template("response_neutral", version)
     out = []
     for it in items:
         system, user = tpl.render(neutral_insight=insights.neutral, query=_query(it))
-        out.append(render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}]))
+        out.append(
+            render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}])
+        )
     return out
 
 
-def _personal_prompts(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str) -> list[str]:
+def _personal_prompts(
+    lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str
+) -> list[str]:
     tpl = load_template("response_personal", version)
     out = []
     for i, it in enumerate(items):
         example = items[(i + 1) % len(items)] if len(items) > 1 else it  # never the item's own answer
-        system, user = tpl.render(insight=insights.personal, example_input=_query(example)[:300],
-                                  example_output=example.output[:300], query=_query(it))
-        out.append(render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}]))
+        system, user = tpl.render(
+            insight=insights.personal,
+            example_input=_query(example)[:300],
+            example_output=example.output[:300],
+            query=_query(it),
+        )
+        out.append(
+            render_messages(lm, [{"role": "system", "content": system}, {"role": "user", "content": user}])
+        )
     return out
 
 
-def make_pairs(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, cfg: PairConfig, *,
-               seed: int = 0, version: str = "v1") -> list[Pair]:
+def make_pairs(
+    lm: LoadedModel,
+    items: Sequence[HistoryItem],
+    insights: Insights,
+    cfg: PairConfig,
+    *,
+    seed: int = 0,
+    version: str = "v1",
+) -> list[Pair]:
     """Build pairs for the first ``cfg.n_queries`` items (generation batched)."""
     chosen = list(items)[: cfg.n_queries]
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
@@ -60,7 +79,9 @@ def make_pairs(lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights
     pairs: list[Pair] = []
     if cfg.source in ("synthetic", "mixed"):
         personal = generate_raw(lm, _personal_prompts(lm, chosen, insights, version), None, opts)
-        pairs += [Pair(_query(it), p, n, "synthetic") for it, p, n in zip(chosen, personal, neutral, strict=True)]
+        pairs += [
+            Pair(_query(it), p, n, "synthetic") for it, p, n in zip(chosen, personal, neutral, strict=True)
+        ]
     if cfg.source in ("history", "mixed"):
         pairs += [Pair(_query(it), it.output, n, "history") for it, n in zip(chosen, neutral, strict=True)]
     return pairs
@@ -78,8 +99,12 @@ def filter_pairs(pairs: Sequence[Pair], embedder: Embedder, min_distance: float)
 
 
 def save_pairs(path: Path, pairs: Sequence[Pair], insights: Insights) -> None:
-    atomic_write_text(path, json.dumps({"insights": asdict(insights), "pairs": [asdict(p) for p in pairs]},
-                                       indent=1, ensure_ascii=False))
+    atomic_write_text(
+        path,
+        json.dumps(
+            {"insights": asdict(insights), "pairs": [asdict(p) for p in pairs]}, indent=1, ensure_ascii=False
+        ),
+    )
 
 
 def load_pairs(path: Path) -> tuple[list[Pair], Insights] | None:

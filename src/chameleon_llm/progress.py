@@ -12,14 +12,20 @@ FIT_STAGES = ("select", "insights", "pairs", "activations", "directions", "calib
 
 
 @contextmanager
-def stage_progress(enabled: bool = True, stages: tuple[str, ...] = FIT_STAGES,
-                   label: str = "fit") -> Iterator[Callable[[str], None] | None]:
+def stage_progress(
+    enabled: bool = True, stages: tuple[str, ...] = FIT_STAGES, label: str = "fit"
+) -> Iterator[Callable[[str], None] | None]:
     """Yield a callback ``progress(stage_name)`` that advances a bar over ``stages``."""
     if not enabled:
         yield None
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=len(stages))
         seen: list[str] = []
@@ -37,6 +43,7 @@ def stage_progress(enabled: bool = True, stages: tuple[str, ...] = FIT_STAGES,
 @contextmanager
 def item_progress(total: int, label: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)`` for a bar over ``total`` items (users, queries, …) with an ETA."""
+
     def noop(n: int = 1) -> None:
         return None
 
@@ -45,8 +52,14 @@ def item_progress(total: int, label: str, enabled: bool = True) -> Iterator[Call
         return
     from rich.progress import TimeRemainingColumn
 
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task(label, total=total)
 

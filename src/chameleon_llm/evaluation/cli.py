@@ -112,6 +112,5 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(results, ensure_ascii=False))
         elif not quiet:
-            console = Console()
-            console.print(markdown_table(results))
-            console.print(f"[green]wrote[/green] {out / 'results.json'}, results.md, plots/")
+            print(markdown_table(results))
+            Console(stderr=True).print(f"[green]wrote[/green] {out / 'results.json'}, results.md, plots/")

@@ -78,6 +78,7 @@ class RunState:
     skipped: dict[str, list[str]] = field(default_factory=dict)  # method -> users already checkpointed
     unsupported: dict[str, str] = field(default_factory=dict)
     fits_run: int = 0
+    model_identity: dict[str, Any] | None = None  # set when the model was loaded
 
 
 def fit_profile(queries: Sequence[LampQuery]) -> list[dict[str, Any]]:
@@ -245,6 +246,8 @@ def run_methods(
             state.done[method_name].append(user)
             advance(1)
     state.fits_run = fits.fits_run
+    if load_lm.lm is not None:
+        state.model_identity = dict(load_lm.lm.identity)
     return state
 
 
@@ -298,7 +301,7 @@ def evaluate(
 
     run = prepare_run(data_dir, run_dir, config)
     state = RunState() if report_only else run_methods(run, lm=lm, progress=progress, fit_fn=fit_fn)
-    model_identity = dict(lm.identity) if lm is not None else None
+    model_identity = dict(lm.identity) if lm is not None else state.model_identity
     return write_report(run, state, model_identity=model_identity)
 
 

@@ -91,7 +91,9 @@ def users_from_dir(folder: str | Path, *, limit: int | None = None) -> UserSet:
 def file_name(user: str) -> str:
     """A file-name-safe form of a user id (a short hash is added when characters were replaced)."""
     cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in user)[:80]
-    if cleaned != user or cleaned.startswith("."):
+    if cleaned.startswith("."):  # no hidden files, no "." or ".."
+        cleaned = "_" + cleaned[1:]
+    if cleaned != user:
         cleaned += "-" + hashlib.sha256(user.encode()).hexdigest()[:8]
     return cleaned
 
