@@ -90,6 +90,7 @@ class Server:
             "max_wait_ms": args.max_wait_ms,
             "max_queue": 4096,
             "max_tokens_limit": max(512, args.max_tokens),
+            "torch_threads": args.torch_threads,
             "log_level": "warning",
         }
         config.write_text(json.dumps(self.settings))
@@ -332,6 +333,7 @@ def main() -> None:
         default=cache_dir() / "bench" / "serve-bench.sqlite3",
         help="server store (fitted users are reused across runs)",
     )
+    ap.add_argument("--torch-threads", type=int, default=0, help="server torch threads (0: torch default)")
     ap.add_argument("--engine-reps", type=int, default=4, help="paired engine-only batches (0: skip)")
     ap.add_argument("--out", default="serve", help="result name: benchmarks/results/<out>.json")
     args = ap.parse_args()

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+import torch
+
 from ..config import FitConfig
 from ..edit import EditFileError, UserEdit
 from ..embeddings import Embedder
@@ -155,6 +157,8 @@ def build_services(
     fit = fit_function or (
         cast(FitFunction, import_object(settings.fit_function)) if settings.fit_function else fit_user
     )
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     start = time.perf_counter()
     lm = factory() if factory else load_model(settings.model, dtype=settings.dtype, device=settings.device)
     replicas = [copy.deepcopy(lm) for _ in range(settings.fit_workers)]  # before any hook is registered

@@ -65,6 +65,7 @@ class ServeSettings(BaseModel):
     model_factory: str | None = Field(None, description="'module:function' returning a LoadedModel")
     dtype: DTypeName = "float32"
     device: str = "cpu"
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads (0: torch's default)")
     fit_function: str | None = Field(None, description="'module:function' with fit_user's signature")
     fit_overrides: dict[str, Any] = Field(
         default_factory=dict, description='FitConfig overrides, {"edit.alpha": 1}'
