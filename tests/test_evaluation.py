@@ -405,6 +405,16 @@ def test_generation_task_runs_with_answer_prefix(tmp_path: Path, llama: LoadedMo
     assert set(res["methods"]["base"]["metrics"]) == {"rouge-1", "rouge-L"}
 
 
+def test_invalid_answers_are_scored_as_unparsable() -> None:
+    from chameleon_llm.evaluation.runner import scored_prediction
+
+    wine, news = get_task("LaMP_3"), get_task("LaMP_2N")
+    assert scored_prediction(wine, "Score: 4 out of 5") == "4"
+    assert scored_prediction(wine, "24633846") == ""  # LaMP's fallback (farther of 1 and 5), not 24M
+    assert scored_prediction(news, "I think politics") == "politics"
+    assert scored_prediction(news, "no idea") == ""
+
+
 def test_default_settings_per_task_kind() -> None:
     news, wine, titles = (EvalSettings().resolve(get_task(t)) for t in ("LaMP_2N", "LaMP_3", "LaMP_5"))
     assert (news.answer_prefix, news.label_scoring) == ("Category:", True)

@@ -55,6 +55,8 @@ def _present(run: Run) -> set[str]:
 
 
 def _method_summary(run: Run, method: str) -> dict[str, Any]:
+    from .runner import scored_prediction
+
     spec = run.dataset.task
     assert run.dataset.golds is not None
     cps = run.checkpoints(method)
@@ -63,7 +65,7 @@ def _method_summary(run: Run, method: str) -> dict[str, Any]:
     for user, queries in run.users.items():
         answers = cps[user]["answers"]
         for q in queries:
-            preds[q.id] = answers[q.id]["prediction"]
+            preds[q.id] = scored_prediction(spec, answers[q.id]["raw"])
             valid.append(bool(answers[q.id]["valid"]))
     golds = {qid: run.dataset.golds[qid] for qid in preds}
     fit_s = [float(c.get("fit_seconds", 0.0)) for c in cps.values()]

@@ -34,7 +34,7 @@ from typing import Any
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import atomic_write_text
 from chameleon_llm.lamp.data import LampDataset, LampQuery, load_task_dir, profile_to_history
-from chameleon_llm.lamp.tasks import parse_answer
+from chameleon_llm.lamp.tasks import TaskSpec, parse_answer
 from chameleon_llm.models import DEFAULT_MODEL, LoadedModel
 from chameleon_llm.progress import item_progress
 
@@ -148,6 +148,16 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
 
 def is_valid(spec_kind: str, parsed: str | None) -> bool:
     return parsed is not None and bool(parsed.strip())
+
+
+def scored_prediction(spec: TaskSpec, raw: str) -> str:
+    """What the official metric scores: the parsed answer, or ``""`` when it does not parse.
+
+    ``""`` is LaMP's unparsable prediction: a wrong label, the farther of 1 and 5 for a rating (not an
+    unbounded error from a stray number such as a year), an empty title.
+    """
+    parsed = parse_answer(spec, raw)
+    return parsed if parsed is not None and is_valid(spec.kind, parsed) else ""
 
 
 class _LazyModel:
@@ -267,7 +277,7 @@ def _run_one(run: Run, method: Method, user: str) -> None:
         parsed = parse_answer(spec, text)
         answers[q.id] = {
             "raw": text,
-            "prediction": parsed if parsed is not None else text,
+            "prediction": scored_prediction(spec, text),
             "valid": is_valid(spec.kind, parsed),
         }
     payload = {
