@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="model (default: the packaged SmolLM2-135M-Instruct)")
     p.add_argument("--config", type=Path, default=None, help="FitConfig JSON file")
     p.add_argument("--set", dest="sets", action="append", default=[], help="FitConfig override k=v")
+    p.add_argument(
+        "--history-framing", default="task", choices=["task", "raw"], help="profile items as fitted methods see them"
+    )
     p.add_argument("--k", type=int, default=4, help="rag: profile items retrieved")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
@@ -113,6 +116,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             fit_config=fit_config,
             limit_users=args.limit_users,
             bootstrap=args.bootstrap,
+            history_framing=args.history_framing,
         )
         t0 = time.perf_counter()
         results = evaluate(args.data_root / name, work / name, cfg, lm=lm, progress=not args.quiet)
@@ -126,6 +130,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
         "model": {"name": args.model or DEFAULT_MODEL, "identity": dict(lm.identity)},
         "limit_users": args.limit_users,
+        "history_framing": args.history_framing,
         "methods": methods,
         "eval_settings": {
             "rag_k": settings.rag_k,

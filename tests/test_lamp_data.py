@@ -280,6 +280,20 @@ def test_profile_to_history_numbers_and_missing_fields() -> None:
         profile_to_history("LaMP_5", [{"title": "t"}])
 
 
+def test_profile_to_history_task_framing_matches_the_query_prompt() -> None:
+    profile = [{"text": "Silky tannins.", "score": 5, "id": "a"}]
+    framed = profile_to_history("LaMP_3", profile, framing="task")
+    assert framed[0]["input"] == build_prompt("LaMP_3", "Silky tannins.")
+    assert framed[0]["input"].startswith("What is the score of the following review")
+    assert framed[0]["output"] == "5" and framed[0]["id"] == "a"
+    # the framed input is exactly what a query of that task carries, so extraction round-trips
+    assert extract_query_text("LaMP_3", framed[0]["input"]) == "Silky tannins."
+    # LaMP-7 has no per-item input to frame: it stays raw
+    assert profile_to_history("LaMP_7", [{"text": "hi"}], framing="task")[0]["input"] == ""
+    with pytest.raises(ValueError, match="unknown history framing 'prompt'"):
+        profile_to_history("LaMP_3", profile, framing="prompt")  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------------- tasks
 
 

@@ -80,7 +80,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_history(history: Path | None, lamp: Path | None, user: str | None) -> list[HistoryItem]:
+def read_history(
+    history: Path | None, lamp: Path | None, user: str | None, framing: str = "task"
+) -> list[HistoryItem]:
     """History from a file, or one user's profile from a LaMP questions file."""
     if (history is None) == (lamp is None):
         raise UsageError("give exactly one of --history PATH or --lamp QUESTIONS --user USER_ID")
@@ -91,7 +93,9 @@ def read_history(history: Path | None, lamp: Path | None, user: str | None) -> l
     from .lamp_history import history_from_lamp
 
     assert lamp is not None
-    return history_from_lamp(lamp, user)
+    if framing not in ("task", "raw"):
+        raise UsageError(f"--framing {framing!r}: use task (profile items wrapped in the task prompt) or raw")
+    return history_from_lamp(lamp, user, framing=framing)  # type: ignore[arg-type]
 
 
 def _load(model: str, dtype: str, quiet: bool) -> Any:
@@ -107,6 +111,9 @@ def fit(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="where to write EDIT.safetensors")],
     history: Annotated[Path | None, typer.Option(help="history file (.json / .jsonl)")] = None,
     lamp: Annotated[Path | None, typer.Option(help="LaMP questions file")] = None,
+    framing: Annotated[
+        str, typer.Option(help="with --lamp: task (items wrapped in the task's prompt) | raw")
+    ] = "task",
     user: Annotated[str | None, typer.Option(help="user id in the LaMP file")] = None,
     model: ModelOpt = DEFAULT_MODEL,
     dtype: DtypeOpt = "float32",
@@ -138,7 +145,7 @@ def fit(
             "seed": seed,
         },
     )
-    items = read_history(history, lamp, user)
+    items = read_history(history, lamp, user, framing)
     lm = _load(model, dtype, quiet or as_json)
     with stage_progress(enabled=not (quiet or as_json)) as progress:
         result = fit_user(lm, items, cfg, cache=not no_cache, progress=progress)

@@ -37,6 +37,24 @@ class _LayerPlan:
     beta: torch.Tensor  # (B,)
     ratio: torch.Tensor  # (B,) inf = unbounded
     start: torch.Tensor  # (B,) first absolute position edited per row
+    project: bool = True  # any row in "project" mode (α·PᵀPx needs the einsums)
+    remove: bool = True  # any row with β ≠ 0
+    bounded: bool = True  # any row with a finite max_edit_ratio
+
+    def select(self, index: torch.Tensor) -> _LayerPlan:
+        """The plan for the rows at ``index`` (in this order); the mode flags stay conservative."""
+        return _LayerPlan(
+            self.personal[index],
+            self.neutral[index],
+            self.shift[index],
+            self.alpha[index],
+            self.beta[index],
+            self.ratio[index],
+            self.start[index],
+            project=self.project,
+            remove=self.remove,
+            bounded=self.bounded,
+        )
 
 
 class _PositionTracker:
@@ -74,12 +92,14 @@ def _start_position(positions: str, prompt_len: int) -> int:
 
 def _edit_delta(x: torch.Tensor, plan: _LayerPlan, offset: int) -> torch.Tensor:
     """Δx = α·PᵀPx (project) or α·gap·P (add), minus β·(n·x)n, per row; bounded and masked by position."""
-    coef_p = torch.einsum("btd,brd->btr", x, plan.personal)
-    add_p = torch.einsum("btr,brd->btd", coef_p, plan.personal)
-    coef_n = torch.einsum("btd,bd->bt", x, plan.neutral)
-    rem_n = coef_n.unsqueeze(-1) * plan.neutral.unsqueeze(1)
-    delta = plan.alpha[:, None, None] * add_p + plan.shift[:, None, :] - plan.beta[:, None, None] * rem_n
-    if torch.isfinite(plan.ratio).any():
+    delta = plan.shift[:, None, :].expand_as(x)
+    if plan.project:
+        coef_p = torch.einsum("btd,brd->btr", x, plan.personal)
+        delta = delta + plan.alpha[:, None, None] * torch.einsum("btr,brd->btd", coef_p, plan.personal)
+    if plan.remove:
+        coef_n = torch.einsum("btd,bd->bt", x, plan.neutral)
+        delta = delta - plan.beta[:, None, None] * (coef_n.unsqueeze(-1) * plan.neutral.unsqueeze(1))
+    if plan.bounded:
         dn = delta.norm(dim=-1, keepdim=True)
         limit = plan.ratio[:, None, None] * x.norm(dim=-1, keepdim=True)
         scale = torch.where(dn > limit, limit / dn.clamp_min(1e-12), torch.ones_like(dn))
@@ -122,7 +142,18 @@ def _plans(
             if e.strengths.max_edit_ratio is not None:
                 ratio[i] = e.strengths.max_edit_ratio
             start[i] = _start_position(e.positions, prompt_lens[i])
-        plans[key] = _LayerPlan(personal, neutral, shift, alpha, beta, ratio, start)
+        plans[key] = _LayerPlan(
+            personal,
+            neutral,
+            shift,
+            alpha,
+            beta,
+            ratio,
+            start,
+            project=bool((alpha != 0).any()),
+            remove=bool((beta != 0).any()),
+            bounded=bool(torch.isfinite(ratio).any()),
+        )
     return plans
 
 

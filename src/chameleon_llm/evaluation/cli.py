@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from chameleon_llm.lamp.data import FRAMINGS, HistoryFraming
 from chameleon_llm.models import DEFAULT_MODEL
 
 from .prompting import EvalSettings
@@ -69,6 +70,12 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 1000,
         seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
         threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+        history_framing: Annotated[
+            str,
+            typer.Option(
+                help="how fitted methods see profile items: task (wrapped in the task's instruction) | raw"
+            ),
+        ] = "task",
         no_pair_cache: Annotated[
             bool, typer.Option("--no-pair-cache", help="regenerate Chameleon pairs")
         ] = False,
@@ -107,6 +114,7 @@ def register(app: typer.Typer) -> None:
             bootstrap=bootstrap,
             seed=seed,
             pair_cache=not no_pair_cache,
+            history_framing=_framing(history_framing),
         )
         results = evaluate(data, out, cfg, progress=not (quiet or as_json), report_only=report_only)
         if as_json:
@@ -114,3 +122,10 @@ def register(app: typer.Typer) -> None:
         elif not quiet:
             print(markdown_table(results))
             Console(stderr=True).print(f"[green]wrote[/green] {out / 'results.json'}, results.md, plots/")
+
+
+def _framing(value: str) -> HistoryFraming:
+    """Validate ``--history-framing``."""
+    if value not in FRAMINGS:
+        raise typer.BadParameter(f"{value!r} is not a history framing; use one of: {', '.join(FRAMINGS)}")
+    return value  # type: ignore[return-value]

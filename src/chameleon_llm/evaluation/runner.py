@@ -33,7 +33,13 @@ from typing import Any
 
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import atomic_write_text
-from chameleon_llm.lamp.data import LampDataset, LampQuery, load_task_dir, profile_to_history
+from chameleon_llm.lamp.data import (
+    HistoryFraming,
+    LampDataset,
+    LampQuery,
+    load_task_dir,
+    profile_to_history,
+)
 from chameleon_llm.lamp.tasks import TaskSpec, parse_answer
 from chameleon_llm.models import DEFAULT_MODEL, LoadedModel
 from chameleon_llm.progress import item_progress
@@ -68,6 +74,7 @@ class EvalConfig:
     bootstrap: int = 1000
     seed: int = 0
     pair_cache: bool = True
+    history_framing: HistoryFraming = "task"  # how fitted methods see the profile (see profile_to_history)
 
 
 @dataclass
@@ -121,13 +128,19 @@ def data_fingerprint(dataset: LampDataset) -> str:
 
 
 def settings_hash(
-    method: Method | str, uses_fit: bool, base: Mapping[str, Any], fit_config: FitConfig
+    method: Method | str,
+    uses_fit: bool,
+    base: Mapping[str, Any],
+    fit_config: FitConfig,
+    history_framing: str = "raw",
 ) -> str:
-    """The checkpoint folder name of ``method`` under ``base`` settings (+ the FitConfig if it fits)."""
+    """The checkpoint folder name of ``method`` under ``base`` settings (+ what the fit depends on)."""
     name = method if isinstance(method, str) else method.name
     payload: dict[str, Any] = {"method": name, **base}
     if uses_fit:
         payload["fit_config"] = fit_config.model_dump(mode="json")
+        if history_framing != "raw":  # "raw" keeps the hashes of runs made before framing existed
+            payload["history_framing"] = history_framing
     return _digest(payload)
 
 
@@ -187,7 +200,9 @@ class Run:
     def digest(self, method: str) -> str:
         factory = METHODS.get(method)
         uses_fit = bool(getattr(factory, "uses_fit", False))
-        return settings_hash(method, uses_fit, self.base_settings, self.config.fit_config)
+        return settings_hash(
+            method, uses_fit, self.base_settings, self.config.fit_config, self.config.history_framing
+        )
 
     def checkpoint(self, method: str, user: str) -> Path:
         return checkpoint_path(self.run_dir, method, self.digest(method), user)
@@ -263,7 +278,7 @@ def run_methods(
 
 def _run_one(run: Run, method: Method, user: str) -> None:
     queries = run.users[user]
-    history = profile_to_history(run.dataset.task, fit_profile(queries))
+    history = profile_to_history(run.dataset.task, fit_profile(queries), run.config.history_framing)
     start = time.perf_counter()
     user_state = method.prepare_user(user, history)
     prepared = time.perf_counter()
@@ -323,6 +338,7 @@ def config_dict(config: EvalConfig) -> dict[str, Any]:
         "dtype": config.dtype,
         "settings": asdict(config.settings),
         "fit_config": config.fit_config.model_dump(mode="json"),
+        "history_framing": config.history_framing,
         "limit_users": config.limit_users,
         "bootstrap": config.bootstrap,
         "seed": config.seed,

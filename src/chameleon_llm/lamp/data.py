@@ -12,11 +12,12 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chameleon_llm.lamp.tasks import (
     LAMP7_HISTORY_INPUT,
     TaskSpec,
+    build_prompt,
     get_task,
     infer_task_from_input,
     resolve_task,
@@ -99,9 +100,9 @@ class LampDataset:
             grouped.setdefault(query.user_key, []).append(query)
         return grouped
 
-    def history(self, query: LampQuery) -> list[dict[str, Any]]:
+    def history(self, query: LampQuery, framing: HistoryFraming = "raw") -> list[dict[str, Any]]:
         """The query's profile in the core's ``{"input", "output"}`` history format."""
-        return profile_to_history(self.task, query.profile)
+        return profile_to_history(self.task, query.profile, framing)
 
 
 # --------------------------------------------------------------------------- reading
@@ -398,14 +399,27 @@ def load_task_dir(
 # --------------------------------------------------------------------------- history
 
 
-def profile_to_history(task: str | TaskSpec, profile: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+HistoryFraming = Literal["raw", "task"]
+FRAMINGS: tuple[str, ...] = ("raw", "task")
+
+
+def profile_to_history(
+    task: str | TaskSpec, profile: Sequence[Mapping[str, Any]], framing: HistoryFraming = "raw"
+) -> list[dict[str, Any]]:
     """Map profile items to the core's history format ``{"input": str, "output": str, **extra}``.
 
     Per task (input -> output): LaMP-1 abstract -> title, LaMP-2 news text -> category, LaMP-2
     movies description -> tag, LaMP-3 text -> score, LaMP-4 text -> title, LaMP-5 abstract ->
     title, LaMP-6 text -> title, LaMP-7 ``""`` -> text. Other fields (id, date, …) are kept as extras.
+
+    ``framing="task"`` wraps each input in the task's own instruction (the prompt its queries carry),
+    so an edit fitted on the history sees the user's answers in the context it will be used in.
+    LaMP-1 and LaMP-7 profile items cannot be framed as queries and stay raw.
     """
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown history framing {framing!r}: use one of {', '.join(FRAMINGS)}")
     spec = get_task(task)
+    frame = framing == "task" and spec.name not in ("LaMP_1", "LaMP_7")
     history: list[dict[str, Any]] = []
     for index, item in enumerate(profile):
         pair: dict[str, Any] = {"input": LAMP7_HISTORY_INPUT, "output": ""}
@@ -420,6 +434,8 @@ def profile_to_history(task: str | TaskSpec, profile: Sequence[Mapping[str, Any]
                     fix=f"{spec.name} profile items need {list(spec.required_profile_fields)}",
                 )
             pair[role] = value
+        if frame:
+            pair["input"] = build_prompt(spec, pair["input"])
         used = set(spec.required_profile_fields) | {"input", "output"}
         pair.update({k: v for k, v in item.items() if k not in used})
         history.append(pair)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -39,10 +38,7 @@ class RowSteering:
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the rows at ``index`` (in this order)."""
         self.rows = int(index.numel())
-        self.plans = {
-            key: _LayerPlan(**{f.name: getattr(plan, f.name)[index] for f in fields(plan)})
-            for key, plan in self.plans.items()
-        }
+        self.plans = {key: plan.select(index) for key, plan in self.plans.items()}
 
     def _hook(self, key: tuple[str, int]) -> Any:
         def hook(_m: nn.Module, _inp: Any, output: Any) -> Any:
