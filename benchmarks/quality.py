@@ -37,7 +37,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=None, help="FitConfig JSON file")
     p.add_argument("--set", dest="sets", action="append", default=[], help="FitConfig override k=v")
     p.add_argument(
-        "--history-framing", default="task", choices=["task", "raw"], help="profile items as fitted methods see them"
+        "--history-framing",
+        default="task",
+        choices=["task", "raw"],
+        help="profile items as fitted methods see them",
     )
     p.add_argument("--k", type=int, default=4, help="rag: profile items retrieved")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
