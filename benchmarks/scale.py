@@ -17,10 +17,13 @@ fold). Run folders (resumable) live under ``--work``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, markdown_table, write_result
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import UserEdit
+from chameleon_llm.history import history_fingerprint
 from chameleon_llm.models import DEFAULT_MODEL
 from chameleon_llm.scale.engines import WorkerSpec, make_engine
 from chameleon_llm.scale.fit_many import Manifest, fit_many, users_from_lamp
@@ -52,7 +56,9 @@ def parse_engines(text: str) -> tuple[tuple[str, int], ...]:
 
 
 def throughput(args: argparse.Namespace) -> Path:
-    users = users_from_lamp(args.data / args.throughput_task / "questions.json", limit=args.users)
+    users = users_from_lamp(
+        args.data / args.throughput_task / "questions.json", limit=args.users, framing=args.framing
+    )
     cfg = FitConfig()
     runs: list[dict[str, Any]] = []
     tensors: dict[str, dict[str, torch.Tensor]] = {}
@@ -108,7 +114,9 @@ def throughput(args: argparse.Namespace) -> Path:
         same = [o for o in runs if o["threads_per_worker"] == r["threads_per_worker"]]
         r["same_edit_ids_as_runs_with_equal_threads"] = all(o["edit_ids"] == r["edit_ids"] for o in same)
     payload = {
+        "command": "python " + " ".join(sys.argv),
         "task": args.throughput_task,
+        "history_framing": args.framing,
         "n_users": len(users.histories),
         "cpu_count": os.cpu_count(),
         "runs": runs,
@@ -157,95 +165,186 @@ def throughput(args: argparse.Namespace) -> Path:
     return path
 
 
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def quality(args: argparse.Namespace) -> Path:
-    from chameleon_llm.evaluation import EvalConfig, evaluate
+    from chameleon_llm.evaluation import EvalConfig, evaluate, prepare_run
     from chameleon_llm.models import load_model
     from chameleon_llm.scale.coldstart import ColdStartRule
     from chameleon_llm.scale.groups import GroupOptions, GroupSet, fit_group_set
-    from chameleon_llm.scale.methods import use_groups
+    from chameleon_llm.scale.methods import config_differences, use_groups
 
     cfg = FitConfig()
+    options, rule = GroupOptions(), ColdStartRule()
     torch.set_num_threads(args.threads)
     lm = load_model(args.model)
     out: dict[str, Any] = {}
     for task in args.tasks:
         start = time.perf_counter()
-        users = users_from_lamp(args.data / task / "questions.json", limit=args.users)
-        groups_dir = args.work / task / "groups"
-        if (groups_dir / "groupset.json").is_file():
-            gs = GroupSet.load(groups_dir)
-        else:
-            gs = fit_group_set(
-                lm,
-                users.histories,
-                cfg,
-                groups_dir,
-                options=GroupOptions(),
-                folds=2,
-                rule=ColdStartRule().to_dict(),
-            )
-        group_seconds = round(time.perf_counter() - start, 1)
-        use_groups(gs)
+        users = users_from_lamp(args.data / task / "questions.json", limit=args.users, framing=args.framing)
         ecfg = EvalConfig(
             methods=list(METHODS),
             model=args.model,
             fit_config=cfg,
             limit_users=args.users,
             bootstrap=args.bootstrap,
+            history_framing=args.framing,
         )
-        results = evaluate(args.data / task, args.work / task / "run", ecfg, lm=lm, progress=not args.quiet)
+        # The FitConfig the harness fits per-user edits with on this task (it may adapt the given one,
+        # e.g. to the task's answer prefix): group edits are fitted with exactly the same.
+        gcfg = prepare_run(args.data / task, args.work, ecfg).config.fit_config
+        # One folder per group set (the harness's checkpoint key does not cover the group set): the
+        # group set and the run that uses it live together, named by everything the set depends on.
+        key = _digest(
+            [
+                lm.config_hash,
+                gcfg.to_json(),
+                {u: history_fingerprint(h) for u, h in users.histories.items()},
+                args.framing,
+                asdict(options),
+                rule.to_dict(),
+            ]
+        )
+        folder = args.work / task / f"{args.framing}-{key}"
+        groups_dir, run_dir = folder / "groups", folder / "run"
+        if (groups_dir / "groupset.json").is_file():
+            gs = GroupSet.load(groups_dir)
+            group_seconds = gs.info.get("fit_seconds")
+        else:
+            gs = fit_group_set(
+                lm,
+                users.histories,
+                gcfg,
+                groups_dir,
+                options=options,
+                folds=2,
+                rule=rule.to_dict(),
+                framing=users.framing,
+                task=users.task,
+            )
+            group_seconds = round(time.perf_counter() - start, 1)
+            gs.info["fit_seconds"] = group_seconds
+            gs.save()
+        assert gs.framing == args.framing, (gs.framing, args.framing)
+        use_groups(gs)
+        results = evaluate(args.data / task, run_dir, ecfg, lm=lm, progress=not args.quiet)
+        run = prepare_run(args.data / task, run_dir, ecfg)
+        choices: dict[str, dict[str, int]] = {}
+        for m in METHODS[3:]:
+            counts: dict[str, int] = {}
+            for cp in run.checkpoints(m).values():
+                info = cp.get("info", {})
+                kind = str(info.get("choice", info.get("assigned", "own" if m == "chameleon" else "?")))
+                counts[kind] = counts.get(kind, 0) + 1
+            choices[m] = counts
+        metric = results["task"]["primary_metric"]
         out[task] = {
-            "primary_metric": results["task"]["primary_metric"],
+            "primary_metric": metric,
+            "higher_is_better": results["task"]["higher_is_better"][metric],
             "n_users": results["task"]["n_users"],
             "n_queries": results["task"]["n_queries"],
             "methods": {
                 m: {
                     k: results["methods"][m][k]
-                    for k in ("metrics", "ci95", "valid_rate", "fit_seconds_per_user")
+                    for k in (
+                        "metrics",
+                        "ci95",
+                        "valid_rate",
+                        "n_queries",
+                        "fit_seconds_per_user",
+                        "generation_seconds",
+                        "fit_failures",
+                    )
+                    if k in results["methods"][m]
                 }
                 for m in METHODS
                 if m in results["methods"]
             },
             "vs_base": {m: results["comparisons"].get(m, {}).get("vs_base") for m in METHODS if m != "base"},
+            "unsupported": results.get("unsupported", {}),
+            "incomplete": results.get("incomplete", {}),
+            "edit_choices": choices,
             "groups": {
                 "k": len(gs.all.groups),
                 "k_scores": gs.all.k_scores,
                 "sizes": [len(g.members) for g in gs.all.groups],
+                "fold_k": [len(f.groups) for f in gs.folds],
                 "fold_sizes": [[len(g.members) for g in f.groups] for f in gs.folds],
+                "n_pairs": {g.id: g.n_pairs for g in [*gs.all.groups, *filter(None, [gs.all.global_group])]},
+                "errors": {g.id: g.error for g in gs.all.groups if g.error},
                 "fit_seconds": group_seconds,
             },
-            "run_dir": str(args.work / task / "run"),
+            "fit_config_changes": config_differences(
+                cfg.model_dump(mode="json"), gcfg.model_dump(mode="json")
+            ),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "run_dir": str(run_dir),
         }
         print(f"{task}: done in {time.perf_counter() - start:.0f}s", flush=True)
     payload = {
+        "command": "python " + " ".join(sys.argv),
         "tasks": out,
         "methods": list(METHODS),
         "users_per_task": args.users,
-        "cold_start_rule": ColdStartRule().to_dict(),
-        "group_options": GroupOptions().__dict__,
-        "protocol": "group: the user's group in the model over all evaluated users; cold-start-N: "
-        "the user's N most recent fit-profile items, groups fitted without the user's fold (2 folds)",
+        "history_framing": args.framing,
+        "torch_threads": args.threads,
+        "bootstrap": args.bootstrap,
+        "cold_start_rule": rule.to_dict(),
+        "group_options": asdict(options),
+        "protocol": "the first N users of each task (file order); one group set per task with 2 held-out "
+        "folds (user j -> fold j % 2), k by silhouette. group: the user's group in the model over all "
+        "evaluated users (the user is a member, so their own pairs are pooled in). cold-start-N: the "
+        "user's N most recent fit-profile items, groups fitted WITHOUT the user's fold; with 0 items "
+        "the global edit of the other fold, with 1-3 the nearest group's. Every fitted method sees the "
+        "profile with the same framing (history_framing). CIs: bootstrap over queries, 95%.",
+        "note": "fit_seconds_per_user of chameleon reuses the text pairs generated while fitting the group "
+        "set (the core pair cache is shared), so it is not a cold per-user fit time.",
     }
     path = write_result("scale_quality", payload, model=args.model, config=cfg.model_dump(mode="json"))
-    lines = [f"# Per-user vs group vs base, cold start ({args.users} users per task, {args.model})\n"]
-    for task, r in out.items():
+    (RESULTS / "scale_quality.md").write_text(quality_markdown(payload, args.model))
+    return path
+
+
+def quality_markdown(payload: dict[str, Any], model: str) -> str:
+    """Per task: primary metric with its CI, valid rate and the difference vs base with its CI."""
+    lines = [
+        f"# Per-user vs group vs base, cold start ({payload['users_per_task']} users per task, {model}, "
+        f"history framing {payload['history_framing']})\n",
+        f"Protocol: {payload['protocol']}\n",
+    ]
+    for task, r in payload["tasks"].items():
         metric = r["primary_metric"]
-        rows = [
-            (
-                m,
-                d["metrics"][metric],
-                f"[{d['ci95'][metric][0]:.3f}, {d['ci95'][metric][1]:.3f}]",
-                d["valid_rate"],
+        arrow = "↑" if r["higher_is_better"] else "↓"
+        rows = []
+        for m, d in r["methods"].items():
+            vs = (r["vs_base"].get(m) or {}).get(metric)
+            delta = "—"
+            if vs:
+                mark = " ✓" if vs["significantly_better"] else " ✗" if vs["significantly_worse"] else ""
+                delta = f"{vs['diff']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}]{mark}"
+            rows.append(
+                (
+                    m,
+                    d["metrics"][metric],
+                    f"[{d['ci95'][metric][0]:.3f}, {d['ci95'][metric][1]:.3f}]",
+                    f"{d['valid_rate']:.2f}",
+                    delta,
+                    ", ".join(f"{k} {v}" for k, v in sorted(r["edit_choices"].get(m, {}).items())) or "—",
+                )
             )
-            for m, d in r["methods"].items()
-        ]
+        g = r["groups"]
         lines += [
-            f"## {task} ({r['n_users']} users, {r['n_queries']} queries, k={r['groups']['k']})\n",
-            markdown_table(("method", metric, "95% CI", "valid"), rows),
+            f"## {task} ({r['n_users']} users, {r['n_queries']} queries; k={g['k']} groups of "
+            f"{g['sizes']}, held-out folds k={g['fold_k']})\n",
+            markdown_table(
+                ("method", f"{metric}{arrow}", "95% CI", "valid", "vs base [95% CI]", "edit"), rows
+            ),
             "",
         ]
-    (RESULTS / "scale_quality.md").write_text("\n".join(lines))
-    return path
+    lines.append("✓/✗: the 95% CI of the difference vs base excludes 0 (better/worse).\n")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -260,6 +359,12 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--threads-local1", type=int, default=1, help="torch threads of the local 1-worker run")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality part")
+    ap.add_argument(
+        "--framing",
+        choices=("task", "raw"),
+        default="task",
+        help="how profile items are framed for every fitted method and the group set (harness default)",
+    )
     ap.add_argument("--engines", type=parse_engines, default=ENGINES, help="e.g. ray:2,local:2,local:1")
     ap.add_argument("--name", default="scale_throughput", help="result file name of the throughput part")
     ap.add_argument("--quiet", action="store_true")

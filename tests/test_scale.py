@@ -221,6 +221,43 @@ def test_lamp_users_get_their_earliest_profile(tmp_path: Path) -> None:
     users = users_from_lamp(path, task="LaMP_4")
     assert [it.output for it in users.histories["alice"]] == ["Title 0", "Title 1", "Title 2"]
     assert "bob" in users.errors
+    # framed as the harness frames fit profiles (EvalConfig.history_framing, default "task")
+    assert (users.framing, users.task) == ("task", "LaMP_4")
+    assert users.histories["alice"][0].input == "Generate a headline for the following article: article 0"
+    raw = users_from_lamp(path, task="LaMP_4", framing="raw")
+    assert raw.framing == "raw" and raw.histories["alice"][0].input == "article 0"
+    with pytest.raises(ValueError, match="framing"):
+        users_from_lamp(path, task="LaMP_4", framing="bogus")  # type: ignore[arg-type]
+
+
+def test_fit_many_records_the_framing_and_refits_when_it_changes(model_dir: str, tmp_path: Path) -> None:
+    questions = [
+        {
+            "id": f"q{u}",
+            "user_id": f"user{u}",
+            "input": "Generate a headline for the following article: the fox",
+            "profile": [
+                {"id": f"p{i}", "text": item(i, u)["input"], "title": item(i, u)["output"]} for i in range(3)
+            ],
+        }
+        for u in range(2)
+    ]
+    path, out = tmp_path / "questions.json", tmp_path / "out"
+    path.write_text(json.dumps(questions))
+    cfg = fast_config()
+    engine = LocalEngine(WorkerSpec(model_dir, cfg.to_json(), threads=1, cache=False))
+    task = fit_many(users_from_lamp(path), out, engine, config=cfg, model_name=model_dir, progress=False)
+    assert sorted(task.fitted) == ["user0", "user1"]
+    assert {e["history_framing"] for e in Manifest(out).users.values()} == {"task"}
+    assert json.loads((out / "last_run.json").read_text())["history_framing"] == "task"
+    again = fit_many(users_from_lamp(path), out, engine, config=cfg, model_name=model_dir, progress=False)
+    assert sorted(again.skipped) == ["user0", "user1"]
+    raw = users_from_lamp(path, framing="raw")  # another history: every user is refitted
+    changed = fit_many(raw, out, engine, config=cfg, model_name=model_dir, progress=False)
+    assert sorted(changed.fitted) == ["user0", "user1"]
+    assert {e["history_framing"] for e in Manifest(out).users.values()} == {"raw"}
+    res = CliRunner().invoke(app, ["fit-many", "--lamp", str(path), "--out", str(out), "--framing", "bogus"])
+    assert res.exit_code != 0 and "--framing 'bogus'" in res.output + str(res.exception)
 
 
 def test_fit_many_publishes_into_a_server_store(model_dir: str, tmp_path: Path) -> None:

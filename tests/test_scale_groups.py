@@ -22,6 +22,7 @@ from chameleon_llm.scale.groups import (
     GroupSet,
     cluster,
     fit_group_set,
+    history_framing_of,
     pool_pairs,
     recent,
 )
@@ -175,6 +176,8 @@ def group_set(
             options=GroupOptions(k=2),
             folds=2,
             rule=ColdStartRule().to_dict(),
+            framing=users.framing,
+            task=users.task,
         )
     assert len(list((pair_cache / "pairs").glob("*.json"))) == 4  # one pair file per user
     return gs
@@ -195,6 +198,20 @@ def test_group_set_layout_and_held_out_models(group_set: GroupSet) -> None:
         assert edit.stats["n_pairs"] == group.n_pairs == 2 * len(group.members)  # 2 history pairs each
         assert edit.stats["calibration"]["n_items"] == min(8, 3 * len(group.members))  # 3 unused items each
     assert loaded.rule == ColdStartRule().to_dict()
+    assert loaded.framing == "task" and loaded.info["task"] == "LaMP_4"  # as the harness frames profiles
+    assert all(m.info["history_framing"] == "task" for m in [loaded.all, *loaded.folds])
+
+
+def test_history_framing_of() -> None:
+    from chameleon_llm.lamp import profile_to_history
+
+    profile = [{"text": "the fox runs", "title": "Fox"}, {"text": "a dog sleeps", "title": "Dog"}]
+    framed = parse_history(profile_to_history("LaMP_4", profile, "task"))
+    raw = parse_history(profile_to_history("LaMP_4", profile, "raw"))
+    assert history_framing_of("LaMP_4", framed) == "task" and history_framing_of("LaMP_4", raw) == "raw"
+    assert history_framing_of("LaMP_4", [framed[0], raw[1]]) is None  # a mix: cannot tell
+    assert history_framing_of("LaMP_4", []) is None
+    assert history_framing_of("LaMP_7", raw) is None  # LaMP-7 items are never framed
 
 
 def test_edit_for_new_user(group_set: GroupSet) -> None:
@@ -210,7 +227,9 @@ def test_edit_for_new_user(group_set: GroupSet) -> None:
     assert edit_for_new_user(many, model, emb) == (choice.__class__("own"), None)
 
 
-def test_harness_methods(group_set: GroupSet, tiny: LoadedModel, task_dir: Path, tmp_path: Path) -> None:
+def test_harness_methods(
+    group_set: GroupSet, tiny: LoadedModel, task_dir: Path, pair_cache: Path, tmp_path: Path
+) -> None:
     use_groups(group_set.root)
     try:
         methods = ["group", "cold-start", "cold-start-0", "cold-start-1", "cold-start-3"]
@@ -242,6 +261,29 @@ def test_harness_methods(group_set: GroupSet, tiny: LoadedModel, task_dir: Path,
     # a cold-start user gets a group of the model that excludes them
     g = info["cold-start-1"]["user0"]["group"]
     assert "user0" not in group_set.folds[0].get(g).members
+    # same framing as the group set: the own fits reuse the pairs generated while grouping
+    assert len(list((pair_cache / "pairs").glob("*.json"))) == 4
+
+
+def test_harness_refuses_another_framing(
+    group_set: GroupSet, tiny: LoadedModel, task_dir: Path, tmp_path: Path
+) -> None:
+    from chameleon_llm.scale.methods import FramingMismatch
+
+    cfg = EvalConfig(
+        methods=["group"],
+        model=tiny.name,
+        settings=EvalSettings(max_new_tokens=4),
+        fit_config=fast_config(),
+        limit_users=1,
+        history_framing="raw",  # the group set was fitted on task-framed profiles
+    )
+    use_groups(group_set.root)
+    try:
+        with pytest.raises(FramingMismatch, match="fit-groups --framing raw"):
+            run_methods(prepare_run(task_dir, tmp_path / "run", cfg), lm=tiny, progress=False)
+    finally:
+        use_groups(None)
 
 
 def test_cli_fit_groups_publish_and_cold_start(
@@ -276,6 +318,8 @@ def test_cli_fit_groups_publish_and_cold_start(
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout)
     assert summary["k"] == 2 and sorted(summary["published_groups"]) == ["g0", "g1"]
+    assert (summary["history_framing"], summary["task"]) == ("task", "LaMP_4")
+    assert GroupSet.load(groups).framing == "task"
     ref = Store(store).resolve_edit("user0")
     assert ref is not None and ref.kind == "group" and ref.edit_id == summary["groups"][ref.owner]["edit_id"]
     res = CliRunner().invoke(

@@ -28,18 +28,35 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", help="FitConfig overr
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the summary as JSON on stdout")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="do not reuse or write the core pair cache")]
+FramingOpt = Annotated[
+    str,
+    typer.Option(
+        "--framing",
+        help="with --lamp: task (profile inputs wrapped in the task's prompt, as `chameleon eval` "
+        "fits by default) | raw",
+    ),
+]
 
 
-def load_users(lamp: Path | None, histories: Path | None, task: str | None, limit: int | None) -> Any:
+def load_users(
+    lamp: Path | None,
+    histories: Path | None,
+    task: str | None,
+    limit: int | None,
+    framing: str = "task",
+) -> Any:
     """A :class:`~chameleon_llm.scale.fit_many.UserSet` from exactly one source."""
     from chameleon_llm.cli import UsageError
+    from chameleon_llm.lamp.data import FRAMINGS
 
     from .fit_many import users_from_dir, users_from_lamp
 
     if (lamp is None) == (histories is None):
         raise UsageError("give exactly one of --lamp QUESTIONS or --histories DIR")
+    if framing not in FRAMINGS:
+        raise UsageError(f"--framing {framing!r}: use task (items wrapped in the task prompt) or raw")
     if lamp is not None:
-        return users_from_lamp(lamp, task=task, limit=limit)
+        return users_from_lamp(lamp, task=task, limit=limit, framing=framing)  # type: ignore[arg-type]
     assert histories is not None
     return users_from_dir(histories, limit=limit)
 
@@ -59,6 +76,7 @@ def register(app: typer.Typer) -> None:
         lamp: LampOpt = None,
         histories: DirOpt = None,
         task: TaskOpt = None,
+        framing: FramingOpt = "task",
         engine: Annotated[str, typer.Option(help="local (process pool) | ray")] = "local",
         workers: Annotated[int, typer.Option(help="workers, each loads the model once")] = 1,
         address: Annotated[
@@ -90,7 +108,7 @@ def register(app: typer.Typer) -> None:
         if engine not in ("local", "ray"):
             raise UsageError(f"--engine must be local or ray, got {engine!r}")
         cfg = build_config(config, set_ or [])
-        users = load_users(lamp, histories, task, limit_users)
+        users = load_users(lamp, histories, task, limit_users, framing)
         spec = WorkerSpec(model, cfg.to_json(), dtype, threads, not no_cache)  # type: ignore[arg-type]
         folder, publish = out, None
         if is_store_path(out):
@@ -110,7 +128,7 @@ def register(app: typer.Typer) -> None:
             )
         except (EngineError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
-        data = summary.to_dict()
+        data = {**summary.to_dict(), "history_framing": users.framing}
         if publish is not None:
             data.update(store=str(out), published=publish.published, publish_errors=publish.errors)
         if as_json:
@@ -139,6 +157,7 @@ def register(app: typer.Typer) -> None:
         lamp: LampOpt = None,
         histories: DirOpt = None,
         task: TaskOpt = None,
+        framing: FramingOpt = "task",
         store: Annotated[
             Path | None, typer.Option(help="a fit-many output folder whose pairs are reused")
         ] = None,
@@ -185,7 +204,7 @@ def register(app: typer.Typer) -> None:
             rule = ColdStartRule(group_max_items, min_group_items, zero)  # type: ignore[arg-type]
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        users = load_users(lamp, histories, task, limit_users)
+        users = load_users(lamp, histories, task, limit_users, framing)
         opts = GroupOptions(
             k=k, k_min=k_min, k_max=k_max, seed=seed, max_pairs=max_pairs, global_edit=not no_global
         )
@@ -205,6 +224,8 @@ def register(app: typer.Typer) -> None:
                     store=store,
                     cache=not no_cache,
                     progress=advance,
+                    framing=users.framing,
+                    task=users.task,
                 )
             except ValueError as exc:
                 raise UsageError(str(exc)) from exc
@@ -220,6 +241,8 @@ def register(app: typer.Typer) -> None:
             "global": gs.all.global_group.edit_id if gs.all.global_group else None,
             "skipped_users": {**users.errors, **gs.info.get("errors", {})},
             "rule": rule.to_dict(),
+            "history_framing": users.framing,
+            "task": users.task,
         }
         if publish is not None:
             from .publish import StorePublisher
@@ -246,18 +269,36 @@ def register(app: typer.Typer) -> None:
         history: Annotated[
             Path | None, typer.Option(help="the new user's history (omit: no history)")
         ] = None,
+        lamp: Annotated[
+            Path | None, typer.Option(help="or: a LaMP questions file holding the user (with --user)")
+        ] = None,
+        user: Annotated[str | None, typer.Option(help="with --lamp: the user id")] = None,
         model: Annotated[str | None, typer.Option("--model", "-m", help="default: the groups' model")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """Pick the edit for a new user (group edit with 0–3 items, own fit above the threshold)."""
+        """Pick the edit for a new user (group edit with 0–3 items, own fit above the threshold).
+
+        With ``--lamp`` the user's profile is framed as the group set's histories were.
+        """
+        from chameleon_llm.cli import read_history
         from chameleon_llm.embeddings import get_embedder
-        from chameleon_llm.history import load_history
 
         from .coldstart import ColdStartRule, edit_for_new_user
-        from .groups import GroupSet
+        from .groups import GroupSet, history_framing_of
 
         gs = GroupSet.load(groups)
-        items = load_history(history) if history is not None else []
+        items = (
+            []
+            if history is None and lamp is None
+            else read_history(history, lamp, user, gs.framing or "task")
+        )
+        task = gs.info.get("task")
+        given = history_framing_of(task, items) if task else None
+        if gs.framing and given and given != gs.framing:
+            console.print(
+                f"[yellow]warning[/yellow]: the history is {given}-framed but the groups were fitted on "
+                f"{gs.framing}-framed {task} histories; the nearest group may be wrong"
+            )
         rule = ColdStartRule.from_dict(gs.rule)
         choice, edit = edit_for_new_user(
             items, gs.all, get_embedder(gs.embedder), rule, max_items=gs.max_items

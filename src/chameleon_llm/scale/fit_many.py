@@ -14,8 +14,11 @@ recorded id.
 
 Users of a LaMP questions file get ONE history each: the profile of their earliest query (the items
 common to all of their queries' profiles; :func:`chameleon_llm.evaluation.runner.fit_profile`). In
-time-based files a query's profile holds only older items, so no later query can leak into the fit —
-and the histories are exactly those ``chameleon eval`` fits, so the pair cache is shared.
+time-based files a query's profile holds only older items, so no later query can leak into the fit.
+Profile items are framed as the harness frames them (``framing="task"``, its default: each input
+wrapped in the task's own instruction, see :func:`chameleon_llm.lamp.profile_to_history`; ``"raw"``:
+the bare text), so with equal framing the histories are exactly those ``chameleon eval`` fits and the
+pair cache is shared. The framing changes the history, hence the config hash: switching it refits.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import EditFileError, UserEdit, atomic_write_bytes, atomic_write_text
 from chameleon_llm.history import HistoryError, HistoryItem, history_fingerprint, load_history
+from chameleon_llm.lamp.data import FRAMINGS, HistoryFraming
 from chameleon_llm.progress import item_progress
 
 from .engines import FitOutcome, FitTask, LocalEngine, RayEngine
@@ -49,21 +53,35 @@ class UserSet:
 
     histories: dict[str, list[HistoryItem]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
+    framing: str | None = None  # how LaMP profile items were framed ("task" | "raw"); None: history files
+    task: str | None = None  # the LaMP task, for LaMP sources
 
     def __len__(self) -> int:
         return len(self.histories) + len(self.errors)
 
 
-def users_from_lamp(questions: str | Path, *, task: str | None = None, limit: int | None = None) -> UserSet:
-    """One history per user of a LaMP questions file (the earliest query's profile), file order."""
+def users_from_lamp(
+    questions: str | Path,
+    *,
+    task: str | None = None,
+    limit: int | None = None,
+    framing: HistoryFraming = "task",
+) -> UserSet:
+    """One history per user of a LaMP questions file (the earliest query's profile), file order.
+
+    ``framing`` is that of :func:`chameleon_llm.lamp.profile_to_history`; use the harness's
+    (``EvalConfig.history_framing``, default ``"task"``) so that fits and pairs are shared with it.
+    """
     from chameleon_llm.evaluation.methods import history_items
     from chameleon_llm.evaluation.runner import fit_profile
     from chameleon_llm.lamp import load_lamp_files, profile_to_history
 
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown history framing {framing!r}: use one of {', '.join(FRAMINGS)}")
     dataset = load_lamp_files(questions, task=task)
-    out = UserSet()
+    out = UserSet(framing=framing, task=dataset.task.name)
     for user, queries in list(dataset.users().items())[:limit]:
-        items = history_items(profile_to_history(dataset.task, fit_profile(queries)))
+        items = history_items(profile_to_history(dataset.task, fit_profile(queries), framing))
         if items:
             out.histories[user] = items
         else:
@@ -232,7 +250,7 @@ def fit_many(
             len(tasks), f"fit-many ({engine.name} ×{engine.workers})", enabled=progress
         ) as advance:
             for outcome in engine.run(tasks):
-                _record(root, manifest, summary, outcome, digests[outcome.user])
+                _record(root, manifest, summary, outcome, digests[outcome.user], users.framing)
                 if on_fitted is not None and outcome.ok:
                     on_fitted(outcome.user, outcome)
                 advance(1)
@@ -248,6 +266,8 @@ def fit_many(
                 "model": model_name,
                 "dtype": dtype,
                 "config": config.model_dump(mode="json"),
+                "history_framing": users.framing,
+                "task": users.task,
                 **summary.to_dict(),
             },
             indent=1,
@@ -281,7 +301,12 @@ def _entry(
 
 
 def _record(
-    root: Path, manifest: Manifest, summary: FitManySummary, outcome: FitOutcome, digest: str
+    root: Path,
+    manifest: Manifest,
+    summary: FitManySummary,
+    outcome: FitOutcome,
+    digest: str,
+    framing: str | None = None,
 ) -> None:
     user = outcome.user
     if outcome.worker != "?":
@@ -317,6 +342,7 @@ def _record(
                 outcome.n_history,
                 n_pairs=len(outcome.pairs),
                 pairs=pairs_rel,
+                history_framing=framing,
                 worker=outcome.worker,
                 timings=outcome.timings,
             ),

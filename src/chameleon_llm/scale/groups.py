@@ -18,6 +18,11 @@ Folder of one :class:`GroupModel`::
 A :class:`GroupSet` holds the model over all users (``all/``) and, with ``folds > 0``, one model per
 fold fitted WITHOUT that fold's users (``fold-<i>/``), so every user can be evaluated as a held-out,
 cold-start user (``groupset.json`` maps users to folds).
+
+Histories built from LaMP profiles carry a framing (``"task"``: inputs wrapped in the task's
+instruction, the harness's default; ``"raw"``; see :func:`chameleon_llm.lamp.profile_to_history`).
+Profiles, pairs and edits all depend on it, so the set records it (``history_framing``, with the
+``task``) and the harness methods refuse histories framed otherwise.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from chameleon_llm.embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from chameleon_llm.fit import FitError, _pair_cache_path, build_pairs, calibrate_edit, edit_from_pairs
 from chameleon_llm.history import HistoryItem
 from chameleon_llm.insights import Insights
+from chameleon_llm.lamp.tasks import TaskSpec, build_prompt, get_task
 from chameleon_llm.models import LoadedModel, cache_dir
 from chameleon_llm.pairs import Pair
 
@@ -84,6 +90,21 @@ def profile_embedding(embedder: Embedder, items: Sequence[HistoryItem], max_item
     emb = embedder.encode([f"{it.input}\n{it.output}" for it in chosen]).mean(0).numpy().astype(np.float64)
     norm = float(np.linalg.norm(emb))
     return emb / norm if norm > 0 else emb
+
+
+def history_framing_of(task: str | TaskSpec, items: Sequence[HistoryItem]) -> str | None:
+    """``"task"`` when every input carries the task's instruction (as ``profile_to_history(...,
+    framing="task")`` builds it), ``"raw"`` when none does, ``None`` when it cannot tell (no items,
+    a mix, or a task whose profile items are never framed: LaMP-1, LaMP-7)."""
+    spec = get_task(task)
+    if not items or spec.name in ("LaMP_1", "LaMP_7"):
+        return None
+    sentinel = "\x00CHAMELEON\x00"
+    prefix, _, suffix = build_prompt(spec, sentinel).partition(sentinel)
+    framed = [it.input.startswith(prefix) and it.input.endswith(suffix) for it in items]
+    if all(framed):
+        return "task"
+    return "raw" if not any(framed) else None
 
 
 def choose_k(x: np.ndarray, options: GroupOptions) -> tuple[int, dict[int, float]]:
@@ -323,8 +344,12 @@ def fit_group_model(
     out: str | Path,
     *,
     options: GroupOptions,
+    extra_info: Mapping[str, Any] | None = None,
 ) -> GroupModel:
-    """Cluster ``members`` and fit one edit per group (and the global edit); write the folder."""
+    """Cluster ``members`` and fit one edit per group (and the global edit); write the folder.
+
+    ``extra_info`` (e.g. ``history_framing``, ``task``) is recorded in ``groups.json``.
+    """
     root = Path(out)
     users = list(members)
     if not users:
@@ -347,6 +372,7 @@ def fit_group_model(
         "config": config.model_dump(mode="json"),
         "model": dict(lm.identity),
         "k": len(groups),
+        **dict(extra_info or {}),
     }
     model = GroupModel(root, groups, glob, scores, info)
     model.save()
@@ -377,6 +403,13 @@ class GroupSet:
     @property
     def max_items(self) -> int:
         return int(self.all.info.get("options", {}).get("max_items", 64))
+
+    @property
+    def framing(self) -> str | None:
+        """How the LaMP profiles were framed (``"task"`` | ``"raw"``); ``None``: history files, or a
+        set fitted before the framing was recorded."""
+        value = self.info.get("history_framing", self.all.info.get("history_framing"))
+        return str(value) if value is not None else None
 
     def save(self) -> None:
         data = {
@@ -423,10 +456,15 @@ def fit_group_set(
     store: Path | None = None,
     cache: bool = True,
     progress: Callable[[int], None] | None = None,
+    framing: str | None = None,
+    task: str | None = None,
 ) -> GroupSet:
     """Prepare every user once, then fit ``all/`` and, for ``folds >= 2``, ``fold-<i>/`` held-out models.
 
     Users go to folds round-robin in their given order (user ``j`` → fold ``j % folds``).
+    ``framing`` and ``task`` describe how ``histories`` were built (``UserSet.framing``/``.task`` of
+    :func:`~chameleon_llm.scale.fit_many.users_from_lamp`; ``None`` for history files); both are
+    recorded, and the harness methods check the framing against the histories they are given.
     """
     opts = options or GroupOptions()
     if folds == 1 or folds < 0:
@@ -435,14 +473,16 @@ def fit_group_set(
     members, errors = prepare_members(
         lm, histories, config, options=opts, store=store, cache=cache, progress=progress
     )
-    all_model = fit_group_model(lm, members, config, root / "all", options=opts)
+    described = {"history_framing": framing, "task": task}
+    all_model = fit_group_model(lm, members, config, root / "all", options=opts, extra_info=described)
     fold_of = {u: j % folds for j, u in enumerate(members)} if folds else {}
     fold_models = []
     for i in range(folds):
         kept = {u: d for u, d in members.items() if fold_of[u] != i}
-        fold_models.append(fit_group_model(lm, kept, config, root / f"fold-{i}", options=opts))
-    gs = GroupSet(
-        root, all_model, fold_models, fold_of, dict(rule or {}), {"errors": errors, "users": list(histories)}
-    )
+        fold_models.append(
+            fit_group_model(lm, kept, config, root / f"fold-{i}", options=opts, extra_info=described)
+        )
+    info = {**described, "errors": errors, "users": list(histories)}
+    gs = GroupSet(root, all_model, fold_models, fold_of, dict(rule or {}), info)
     gs.save()
     return gs

@@ -10,6 +10,11 @@ Both read a group set (see :mod:`chameleon_llm.scale.groups`), given with :func:
 - ``cold-start-0``, ``cold-start-1``, ``cold-start-3``: the same with only the user's 0, 1 or 3
   most recent profile items (the cold-start curve).
 
+The group set must be fitted on histories framed as the harness frames them (``fit-groups --framing``
+= ``EvalConfig.history_framing``, both ``task`` by default): group centroids, pairs and edits all
+depend on it. The methods refuse a set fitted on another task, and a user whose history is framed
+otherwise (:class:`FramingMismatch`, which stops the run: it is a configuration error).
+
 The harness's checkpoint key does not cover the group set: use a fresh run folder per group set.
 """
 
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +37,32 @@ from chameleon_llm.evaluation.methods import (
     history_items,
     register_method,
 )
+from chameleon_llm.history import HistoryItem
 
 from .coldstart import ColdStartRule, choose_edit, zero_group
-from .groups import GroupModel, GroupSet, profile_embedding, recent
+from .groups import GroupModel, GroupSet, history_framing_of, profile_embedding, recent
 
 log = logging.getLogger(__name__)
 
 ENV = "CHAMELEON_GROUPS"
 CURVE = (0, 1, 3)
 _SOURCE: dict[str, Any] = {"groups": None, "rule": None}
+
+
+def config_differences(fitted: Mapping[str, Any], used: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key: fitted -> used`` for every leaf where two FitConfig dumps differ."""
+    out = []
+    for key in sorted(set(fitted) | set(used)):
+        a, b = fitted.get(key), used.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+class FramingMismatch(ValueError):
+    """The harness's histories are framed otherwise than those the group set was fitted on."""
 
 
 def use_groups(groups: GroupSet | str | Path | None, rule: ColdStartRule | None = None) -> None:
@@ -78,6 +100,36 @@ class _GroupBase(Chameleon):
                 f"{self.name}: the group set {self.groups.root} was fitted on another model "
                 f"({self.groups.all.info.get('model', {}).get('name')!r})"
             )
+        task = self.groups.info.get("task")
+        if task is not None and task != ctx.spec.name:
+            raise MethodUnavailable(
+                f"{self.name}: the group set {self.groups.root} was fitted on {task}, not {ctx.spec.name}"
+            )
+        differ = config_differences(
+            self.groups.all.info.get("config", {}), ctx.fit_config.model_dump(mode="json")
+        )
+        if differ:  # allowed (e.g. groups fitted once, compared under several configs), but not silently
+            log.warning(
+                "%s: the group set %s was fitted with another FitConfig than this run's (%s); group "
+                "edits are not comparable to the run's per-user edits",
+                self.name,
+                self.groups.root,
+                "; ".join(differ[:5]),
+            )
+
+    def _items(self, user_id: str, profile_history: History) -> list[HistoryItem]:
+        """The user's history items, after checking their framing against the group set's."""
+        items = history_items(profile_history)
+        fitted = self.groups.framing
+        given = history_framing_of(self.ctx.spec, items)
+        if fitted is not None and given is not None and given != fitted:
+            raise FramingMismatch(
+                f"{self.name}: user {user_id}'s history is {given}-framed but the group set "
+                f"{self.groups.root} was fitted on {fitted}-framed histories; refit it with "
+                f"`chameleon fit-groups --framing {given}` (or run the harness with "
+                f"--history-framing {fitted}), in a fresh run folder"
+            )
+        return items
 
     def _state(
         self, user_id: str, model: GroupModel, group_id: str | None, info: dict[str, Any]
@@ -100,8 +152,8 @@ class GroupMethod(_GroupBase):
         model = self.groups.all
         group = model.group_of(user_id)
         how = "member"
+        items = self._items(user_id, profile_history)
         if group is None or not group.edit:
-            items = history_items(profile_history)
             emb = profile_embedding(self.embedder, items, self.groups.max_items) if items else None
             group = model.nearest(emb) if emb is not None else None
             how = "nearest"
@@ -116,7 +168,7 @@ class _ColdStart(_GroupBase):
     n_items: int | None = None
 
     def prepare_user(self, user_id: str, profile_history: History) -> UserState:
-        items = history_items(profile_history)
+        items = self._items(user_id, profile_history)
         if self.n_items is not None:
             items = recent(items, self.n_items)
         model, held_out = self.groups.model_for(user_id)
