@@ -50,3 +50,20 @@ def test_beta_grid_is_searched(llama: LoadedModel, make_edit) -> None:  # type: 
     edit = make_edit(llama, mode="add", alpha=0.0, beta=0.0)
     cal = calibrate_alpha(llama, edit, ITEMS, grid=[1.0], beta_grid=[0.0, 0.9])
     assert set(cal.scores) == {(0.0, 0.0), (0.0, 0.9), (1.0, 0.0), (1.0, 0.9)}
+
+
+def test_answer_prefix_and_end_of_turn_are_scored(llama: LoadedModel) -> None:
+    from chameleon_llm.generation import continuation_logprobs
+    from chameleon_llm.models import chat_prompt
+
+    item = [HistoryItem("rate this wine", "4")]
+    with_prefix = heldout_loglik(llama, None, item, answer_prefix="Score:")
+    assert with_prefix != pytest.approx(heldout_loglik(llama, None, item), abs=1e-6)
+    # the score is the per-token log-likelihood of " 4" + end-of-turn after "…assistant\nScore:"
+    end = llama.tokenizer.eos_token or ""
+    cont = " 4" + end
+    lp = continuation_logprobs(
+        llama, [chat_prompt(llama, "rate this wine", assistant_prefix="Score:")], [cont], None
+    )
+    n = len(llama.tokenizer(cont, add_special_tokens=False)["input_ids"])
+    assert with_prefix == pytest.approx(lp[0] / n, abs=1e-5)

@@ -479,3 +479,30 @@ def test_bench_fit_profiles_exclude_queries() -> None:
             texts = {str(item.get("text")) for item in profile}
             for q in queries:
                 assert not any(t and t in q.input for t in texts if len(t) > 40)
+
+
+def test_task_framing_fits_in_the_answering_context(
+    tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any]
+) -> None:
+    data = news_category(tmp_path / "data")
+    seen: list[Any] = []
+
+    def recording_fit(lm: LoadedModel, items: Sequence[Any], cfg: Any, cache: Any = True) -> FitResult:
+        seen.append((list(items), cfg))
+        return fake_fit(make_edit, [])(lm, items, cfg, cache)
+
+    cfg = EvalConfig(methods=["chameleon"], bootstrap=20)
+    assert cfg.history_framing == "task"
+    res = evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=recording_fit)
+    items, fit_cfg = seen[0]
+    # every profile item is posed as the task's own query, and fitted after the task's answer prefix
+    assert all(it.input.startswith(NEWS_PROMPT.split("[")[0]) for it in items)
+    assert fit_cfg.pairs.answer_prefix == res["resolved_settings"]["answer_prefix"] == "Category:"
+    assert res["config"]["history_framing"] == "task"
+    # raw framing keeps the profile text as it is and adds no prefix
+    seen.clear()
+    raw = EvalConfig(methods=["chameleon"], bootstrap=20, history_framing="raw")
+    evaluate(data, tmp_path / "run-raw", raw, lm=llama, progress=False, fit_fn=recording_fit)
+    items, fit_cfg = seen[0]
+    assert not any(it.input.startswith("Which category") for it in items)
+    assert fit_cfg.pairs.answer_prefix == ""

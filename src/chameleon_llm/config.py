@@ -54,6 +54,16 @@ class PairConfig(_Stage):
         0.02, ge=0.0, le=1.0, description="drop pairs whose responses are this close (1 - cosine)"
     )
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    one_line: bool = Field(
+        True,
+        description="cut generated responses at their first line break when the user's own answer "
+        "is one line (labels, scores, titles), so pairs contrast answers, not rambling",
+    )
+    answer_prefix: str = Field(
+        "",
+        description="text opening the assistant turn before every response (e.g. 'Score:'); the "
+        "harness sets its task's answer prefix so the edit is fitted in the context it answers in",
+    )
 
 
 class ActivationConfig(_Stage):

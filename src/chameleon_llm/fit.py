@@ -20,7 +20,7 @@ from .embeddings import Embedder, get_embedder
 from .history import HistoryItem, history_fingerprint
 from .insights import Insights, write_insights
 from .models import LoadedModel, cache_dir, chat_prompt
-from .pairs import Pair, filter_pairs, load_pairs, make_pairs, save_pairs
+from .pairs import Pair, filter_pairs, load_pairs, make_pairs, response_text, save_pairs
 from .provenance import provenance
 from .selection import select_representative
 
@@ -53,10 +53,13 @@ def _timed(timings: dict[str, float], stage: str, progress: Progress | None) -> 
         timings[stage] = round(time.perf_counter() - start, 4)
 
 
-def pair_texts(lm: LoadedModel, pairs: Sequence[Pair]) -> tuple[list[str], list[str]]:
-    """The texts whose last-token states are contrasted: the query's chat prompt plus each response."""
-    pos = [chat_prompt(lm, p.query) + p.personal for p in pairs]
-    neg = [chat_prompt(lm, p.query) + p.neutral for p in pairs]
+def pair_texts(
+    lm: LoadedModel, pairs: Sequence[Pair], answer_prefix: str = ""
+) -> tuple[list[str], list[str]]:
+    """The texts whose states are contrasted: the query's chat prompt plus each response (after the
+    answer prefix, when there is one)."""
+    pos = [chat_prompt(lm, p.query) + response_text(answer_prefix, p.personal) for p in pairs]
+    neg = [chat_prompt(lm, p.query) + response_text(answer_prefix, p.neutral) for p in pairs]
     return pos, neg
 
 
@@ -115,10 +118,13 @@ def edit_from_pairs(
         )
     acfg = cfg.activations
     with _timed(timings, "activations", progress):
-        pos_texts, neg_texts = pair_texts(lm, pairs)
+        prefix = cfg.pairs.answer_prefix
+        pos_texts, neg_texts = pair_texts(lm, pairs, prefix)
         counts = None
-        if acfg.token == "response-mean":
-            counts = [_n_tokens(lm, p.personal) for p in pairs] + [_n_tokens(lm, p.neutral) for p in pairs]
+        if acfg.token == "response-mean":  # the response's own tokens, without the shared prefix
+            counts = [_n_tokens(lm, " " + p.personal if prefix else p.personal) for p in pairs] + [
+                _n_tokens(lm, " " + p.neutral if prefix else p.neutral) for p in pairs
+            ]
         states = collect_last_token(
             lm,
             pos_texts + neg_texts,
@@ -170,7 +176,9 @@ def calibrate_edit(
         stats = {**edit.stats, "calibration": "skipped: every history item was used for pairs"}
         return replace(edit, stats=stats)
     with _timed(timings, "calibrate", progress):
-        cal = calibrate_alpha(lm, edit, heldout, cfg.edit.alpha_grid, cfg.edit.beta_grid)
+        cal = calibrate_alpha(
+            lm, edit, heldout, cfg.edit.alpha_grid, cfg.edit.beta_grid, answer_prefix=cfg.pairs.answer_prefix
+        )
     stats = {
         **edit.stats,
         "calibration": {

@@ -31,6 +31,11 @@ def _query(item: HistoryItem) -> str:
     return item.input.strip() or DEFAULT_QUERY
 
 
+def response_text(answer_prefix: str, response: str) -> str:
+    """What follows the chat prompt: the response, after the answer prefix and a space if there is one."""
+    return f"{answer_prefix} {response.lstrip()}" if answer_prefix else response
+
+
 def _neutral_prompts(
     lm: LoadedModel, items: Sequence[HistoryItem], insights: Insights, version: str
 ) -> list[str]:
@@ -63,6 +68,18 @@ def _personal_prompts(
     return out
 
 
+def first_line_if(reference: str, text: str) -> str:
+    """``text`` cut at its first line break when ``reference`` (the user's own answer) is one line.
+
+    Greedy answers of a small model often run on after a one-line answer ("1\n\nThe review is…");
+    without the cut, the pair contrasts answer length and rambling instead of the answer itself.
+    """
+    text = text.strip()
+    if "\n" in reference.strip() or "\n" not in text:
+        return text
+    return text.split("\n", 1)[0].strip()
+
+
 def make_pairs(
     lm: LoadedModel,
     items: Sequence[HistoryItem],
@@ -75,10 +92,21 @@ def make_pairs(
     """Build pairs for the first ``cfg.n_queries`` items (generation batched)."""
     chosen = list(items)[: cfg.n_queries]
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
-    neutral = generate_raw(lm, _neutral_prompts(lm, chosen, insights, version), None, opts)
+    prefix = cfg.answer_prefix
+    neutral = [
+        t.strip()
+        for t in generate_raw(
+            lm, [q + prefix for q in _neutral_prompts(lm, chosen, insights, version)], None, opts
+        )
+    ]
+    if cfg.one_line:
+        neutral = [first_line_if(it.output, t) for it, t in zip(chosen, neutral, strict=True)]
     pairs: list[Pair] = []
     if cfg.source in ("synthetic", "mixed"):
-        personal = generate_raw(lm, _personal_prompts(lm, chosen, insights, version), None, opts)
+        personal_prompts = [q + prefix for q in _personal_prompts(lm, chosen, insights, version)]
+        personal = [t.strip() for t in generate_raw(lm, personal_prompts, None, opts)]
+        if cfg.one_line:
+            personal = [first_line_if(it.output, t) for it, t in zip(chosen, personal, strict=True)]
         pairs += [
             Pair(_query(it), p, n, "synthetic") for it, p, n in zip(chosen, personal, neutral, strict=True)
         ]

@@ -325,7 +325,7 @@ class _PeerMethod(Chameleon):
             state.payload = None
             return state
         start = time.perf_counter()
-        pos, neg = pair_texts(self.ctx.lm, fit.pairs)
+        pos, neg = pair_texts(self.ctx.lm, fit.pairs, self.ctx.fit_config.pairs.answer_prefix)
         state.payload = self.train(pos, neg, list(fit.edit.layers), fit.edit.hook_point)
         train_s = time.perf_counter() - start
         state.info["train_seconds"] = round(train_s, 3)

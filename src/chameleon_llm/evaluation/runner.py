@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -219,6 +219,17 @@ class Run:
         return out
 
 
+def with_task_prefix(config: EvalConfig, resolved: ResolvedSettings) -> EvalConfig:
+    """With task framing, fit edits after the task's answer prefix (unless the FitConfig sets one)."""
+    pairs = config.fit_config.pairs
+    if config.history_framing != "task" or pairs.answer_prefix or not resolved.answer_prefix:
+        return config
+    fit_config = config.fit_config.model_copy(
+        update={"pairs": pairs.model_copy(update={"answer_prefix": resolved.answer_prefix})}
+    )
+    return replace(config, fit_config=fit_config)
+
+
 def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -> Run:
     """Load the task folder (golds required) and fix the users and settings of a run."""
     dataset = load_task_dir(data_dir)
@@ -226,6 +237,7 @@ def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -
         raise FileNotFoundError(f"{data_dir} has no outputs.json: golds are needed to evaluate")
     users = select_users(dataset, config.limit_users)
     resolved = config.settings.resolve(dataset.task)
+    config = with_task_prefix(config, resolved)
     base_settings = {
         "model": config.model,
         "dtype": config.dtype,
