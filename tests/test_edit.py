@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import struct
@@ -267,3 +268,26 @@ def test_invalid_shapes_are_rejected(llama: LoadedModel, make_edit: EditFactory)
         rebuilt(neutral=edit.neutral[:, :-1])
     with pytest.raises(EditFileError, match="duplicate layers"):
         rebuilt(layers=(1, 1))
+
+
+def test_a_file_written_before_edit_config_gained_a_field_keeps_its_id(
+    llama: LoadedModel, make_edit: EditFactory
+) -> None:
+    edit = make_edit(llama)
+    header, body = split_file(edit.to_bytes())
+    meta = header["__metadata__"]
+    assert isinstance(meta, dict)
+    chameleon = json.loads(meta["chameleon"])
+    # an older writer: its EditConfig had no "calibration_items" field, and it hashed what it wrote
+    del chameleon["strengths"]["calibration_items"]
+    h = hashlib.sha256(json.dumps(chameleon, sort_keys=True, default=str).encode())
+    for t in (edit.personal, edit.neutral, edit.gaps):
+        h.update(t.to(torch.float32).contiguous().numpy().tobytes())
+    written = {**meta, "chameleon": json.dumps(chameleon), "id": h.hexdigest()[:20]}
+    old = UserEdit.from_bytes(join_file({**header, "__metadata__": written}, body))
+    assert old.id == written["id"]
+    old_id = old.id
+    # the id is that of the file as written, and it survives a save/load round trip
+    assert UserEdit.from_bytes(old.to_bytes()).id == old_id
+    # a real change of strengths still changes the id
+    assert old.with_strengths(alpha=old.alpha + 0.5).id != old_id

@@ -42,6 +42,9 @@ class UserEdit:
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     gap: torch.Tensor | None = None  # (n_layers, rank): class-mean gap along each basis row ("add" mode)
+    # the strengths exactly as a loaded file wrote them: the id stays the file's id even when a newer
+    # EditConfig has gained fields (their defaults would otherwise change the dumped JSON)
+    written_strengths: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.layers)
@@ -81,13 +84,19 @@ class UserEdit:
         """A copy with other strengths/positions (the directions are shared)."""
         return replace(self, strengths=self.strengths.model_copy(update=changes))
 
+    def _strengths_json(self) -> dict[str, Any]:
+        written = self.written_strengths
+        if written is not None and EditConfig.model_validate(written) == self.strengths:
+            return written
+        return self.strengths.model_dump(mode="json")
+
     def metadata(self) -> dict[str, Any]:
         """Everything but the tensors, JSON-ready (the content hash covers it, minus provenance)."""
         return {
             "format": FORMAT,
             "layers": list(self.layers),
             "hook_point": self.hook_point,
-            "strengths": self.strengths.model_dump(mode="json"),
+            "strengths": self._strengths_json(),
             "model": self.model,
             "insights": self.insights,
             "stats": self.stats,
@@ -147,6 +156,7 @@ class UserEdit:
                 stats=meta.get("stats", {}),
                 config=meta.get("config", {}),
                 provenance=json.loads(meta_raw.get("provenance", "{}")),
+                written_strengths=dict(meta["strengths"]),
             )
         except EditFileError:
             raise
