@@ -119,12 +119,26 @@ def test_time_budget_stops_training(llama: LoadedModel) -> None:
     assert zero.steps == 0 and not zero.weights
     one = train_dpo(llama, examples, DPOOptions(), 1e-3)
     assert one.steps == 1  # the first step always runs; then the budget is spent
-    budget = 2.0
+    budget = 3.0
     timed = train_dpo(llama, examples, DPOOptions(), budget)
     assert timed.steps >= 2
     assert timed.train_seconds <= budget + timed.max_step_seconds + 1.0  # trainer teardown slack
     steps = train_dpo(llama, examples, DPOOptions(steps=3), 1e-3)
     assert steps.steps == 3  # a fixed step count ignores the time budget
+
+
+def test_smaller_budgets_are_copied_from_one_trajectory(llama: LoadedModel) -> None:
+    examples = dpo_examples(llama, PAIRS, 64)
+    final = train_dpo(llama, examples, DPOOptions(), 3.0, also_at={"short": 0.8, "none": 0.0})
+    short = final.snapshots["short"]
+    assert 1 <= short.steps < final.steps and short.train_seconds <= final.train_seconds
+    assert short.budget_seconds == 0.8 and len(short.losses) == short.steps
+    assert final.snapshots["none"].steps == 0 and not final.snapshots["none"].weights
+    # a separate run of that many steps makes the same adapter (seeded data order, constant lr)
+    again = train_dpo(llama, examples, DPOOptions(steps=short.steps), None)
+    assert again.losses == pytest.approx(short.losses, abs=1e-4)
+    for name, tensor in again.weights.items():
+        assert torch.allclose(tensor, short.weights[name], atol=1e-6), name
 
 
 def test_training_failure_still_restores_the_model(
@@ -224,6 +238,11 @@ def test_dpo_methods_registered_run_in_the_harness_and_leave_the_model_unchanged
             mult = 4.0 if method == "dpo-4x" else 1.0
             assert info["budget_seconds"] == pytest.approx(mult * fit_s, abs=1e-3)
             assert info["train_seconds"] <= info["budget_seconds"] + info["max_step_seconds"] + 1.0
+    # dpo and dpo-4x share one training run per user; the 1x adapter is a copy made along the way
+    for stem in {stem for _m, stem in infos}:
+        one, four = infos[("dpo", stem)], infos[("dpo-4x", stem)]
+        assert "dpo-4x" in one["trajectory"] and "dpo-4x" in four["trajectory"]
+        assert one["steps"] <= four["steps"] and one["train_seconds"] <= four["train_seconds"]
     # fit seconds of a dpo row: its own cost (pair building + training), not Chameleon's whole fit
     one = next(json.loads(c.read_text()) for c in cps if c.parent.parent.name == "dpo-steps")
     assert one["fit_seconds"] == pytest.approx(0.03 + one["info"]["train_seconds"], abs=2e-3)

@@ -12,7 +12,12 @@ The paper compares Chameleon with fine-tuning each user by DPO under the same ti
   seconds, is spent: a new optimizer step starts only if the time used so far plus the last step's
   duration fits (the first step always runs, so a budget shorter than one step overshoots by that
   step; ``train_seconds`` records what was used). The clock starts before the trainer is built, so
-  tokenization and adapter set-up count. ``steps`` replaces the budget by a fixed step count.
+  tokenization and adapter set-up count. ``steps`` replaces the budget by a fixed step count;
+  ``max_seconds`` caps the budget.
+* **One trajectory for several budgets.** Variants of one run that differ only in their budget (``dpo``,
+  ``dpo-4x``, ``dpo-16x``) train once per user, to the largest budget, and copy the adapter at the
+  step end where each smaller budget's run would have stopped: the same adapter a separate run
+  makes (fixed seed and data order, constant learning rate; tested), for 16× instead of 21× the time.
 * **Same answering.** Queries are answered through
   :func:`~chameleon_llm.evaluation.prompting.answer_messages` with the adapter active, then the
   adapter is removed and the model is restored exactly (weights, ``requires_grad``, train/eval mode,
@@ -40,7 +45,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,17 +270,24 @@ class DPOAdapter:
     losses: list[float] = field(default_factory=list)
     targets: list[str] | None = None
     max_step_seconds: float = 0.0
+    snapshots: dict[str, DPOAdapter] = field(default_factory=dict)  # smaller budgets, same trajectory
 
 
 class _Budget:
-    """Trainer callback: per-step timing and losses; stops before a step that would overrun the budget."""
+    """Trainer callback: per-step timing and losses; stops before a step that would overrun the budget.
 
-    def __init__(self, start: float, budget: float | None) -> None:
+    ``marks`` (name -> seconds, each at most the budget) are smaller budgets of the same trajectory: at
+    the step end where a run with that budget would have stopped, the adapter's weights are copied.
+    """
+
+    def __init__(self, start: float, budget: float | None, marks: Mapping[str, float] | None = None) -> None:
         self.start, self.budget = start, budget
         self.step_start = start
         self.steps = 0
         self.losses: list[float] = []
         self.max_step = 0.0
+        self.pending = dict(marks or {})
+        self.taken: dict[str, tuple[dict[str, torch.Tensor], int, float, float, list[float]]] = {}
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.step_start = time.perf_counter()
@@ -284,14 +296,28 @@ class _Budget:
         now = time.perf_counter()
         self.steps += 1
         self.max_step = max(self.max_step, now - self.step_start)
-        if self.budget is not None and (now - self.start) + (now - self.step_start) > self.budget:
+        over = (now - self.start) + (now - self.step_start)
+        for name, seconds in list(self.pending.items()):
+            if over > seconds and kw.get("model") is not None:
+                self.snapshot(name, kw["model"], now)
+        if self.budget is not None and over > self.budget:
             control.should_training_stop = True
+
+    def snapshot(self, name: str, model: Any, now: float) -> None:
+        from peft import get_peft_model_state_dict
+
+        weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+        self.taken[name] = (weights, self.steps, now - self.start, self.max_step, list(self.losses))
+        self.pending.pop(name, None)
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None, **kw: Any
     ) -> None:
         if logs and "loss" in logs and "train_loss" not in logs:
             self.losses.append(round(float(logs["loss"]), 5))
+            for name, (w, steps, t, mx, losses) in self.taken.items():
+                if len(losses) < steps:  # the loss of a snapshot's last step is logged after its step end
+                    self.taken[name] = (w, steps, t, mx, self.losses[:steps])
 
 
 def _callback(budget: _Budget) -> Any:
@@ -315,10 +341,15 @@ def train_dpo(
     examples: Sequence[Mapping[str, str]],
     opts: DPOOptions,
     budget_seconds: float | None,
+    *,
+    also_at: Mapping[str, float] | None = None,
 ) -> DPOAdapter:
     """Train a LoRA adapter with trl's DPOTrainer; return its weights. ``lm.model`` is restored exactly.
 
     ``budget_seconds`` bounds the wall-clock time (see the module docstring) unless ``opts.steps`` is set.
+    ``also_at`` (name -> seconds ≤ the budget): the adapters a run with each of those smaller budgets
+    would have produced, taken from this one trajectory, in ``.snapshots`` (same seed, data order and
+    constant learning rate, so a separate shorter run makes the same steps).
     """
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
@@ -330,11 +361,16 @@ def train_dpo(
     model = lm.model
     budget = None if opts.steps is not None else budget_seconds
     config = _lora_config(model, opts)
+    marks = {n: b for n, b in (also_at or {}).items() if budget is not None and b > 0}
+    if budget is not None:
+        marks = {n: min(b, budget) for n, b in marks.items()}
     if not examples or (budget is not None and budget <= 0) or opts.steps == 0:
-        return DPOAdapter(config, {}, 0, round(time.perf_counter() - start, 3), budget, 0, [], None)
+        empty = DPOAdapter(config, {}, 0, round(time.perf_counter() - start, 3), budget, 0, [], None)
+        empty.snapshots = {n: replace(empty, budget_seconds=b) for n, b in (also_at or {}).items()}
+        return empty
     disable_progress_bar()
     snapshot = _ModelSnapshot.take(model)
-    tracker = _Budget(start, budget)
+    tracker = _Budget(start, budget, marks)
     peft_model = None
     try:
         with tempfile.TemporaryDirectory(prefix="chameleon-dpo-") as tmp, warnings.catch_warnings():
@@ -378,6 +414,8 @@ def train_dpo(
             trained: Any = peft_model
             trainer.train()
             train_seconds = time.perf_counter() - start
+            for name in list(tracker.pending):  # training ended before that budget was spent
+                tracker.snapshot(name, trained, time.perf_counter())
             trained.eval()
             weights = {k: v.detach().clone() for k, v in get_peft_model_state_dict(trained).items()}
             trained.save_pretrained(tmp + "/adapter")
@@ -385,7 +423,7 @@ def train_dpo(
             del trainer
     finally:
         _unwrap(peft_model, model, snapshot)
-    return DPOAdapter(
+    final = DPOAdapter(
         config,
         weights,
         tracker.steps,
@@ -396,6 +434,23 @@ def train_dpo(
         sorted(config.target_modules) if config.target_modules else None,
         round(tracker.max_step, 3),
     )
+    for name, (w, steps, seconds, max_step, losses) in tracker.taken.items():
+        final.snapshots[name] = replace(
+            final,
+            weights=w,
+            steps=steps,
+            train_seconds=round(seconds, 3),
+            budget_seconds=(also_at or {})[name],
+            losses=losses,
+            max_step_seconds=round(max_step, 3),
+            snapshots={},
+        )
+    for name, seconds in (also_at or {}).items():
+        if name not in final.snapshots:  # a budget of 0 s: no step, the identity adapter
+            final.snapshots[name] = replace(
+                final, weights={}, steps=0, train_seconds=0.0, budget_seconds=seconds, losses=[], snapshots={}
+            )
+    return final
 
 
 @contextmanager
@@ -437,9 +492,43 @@ class DPO(Chameleon):
     def __init__(self, ctx: MethodContext) -> None:
         super().__init__(ctx)
         require_dpo_packages()
+        _SIBLINGS.setdefault(id(ctx), []).append(self)
 
     def edit(self, state: UserState) -> UserEdit | None:
         return None
+
+    def train_key(self) -> str:
+        """What the training depends on besides the budget (variants equal here share a trajectory)."""
+        opts = asdict(self.options)
+        for k in ("budget", "max_seconds"):
+            opts.pop(k)
+        return repr(sorted(opts.items()))
+
+    def trajectory_group(self) -> list[DPO]:
+        """The time-budgeted DPO methods of this run that differ from this one only in their budget."""
+        if self.options.steps is not None:
+            return [self]
+        siblings = [m for m in _SIBLINGS.get(id(self.ctx), []) if m.ctx is self.ctx]
+        group = {m.name: m for m in siblings if m.options.steps is None and m.train_key() == self.train_key()}
+        group[self.name] = self
+        return list(group.values())
+
+    def adapter_for(self, fit: UserFit, examples: list[dict[str, str]]) -> tuple[DPOAdapter, str | None]:
+        """This method's adapter: trained once per user for the whole group to its largest budget, the
+        smaller budgets copied along the way (see :func:`train_dpo`); later members reuse the copies."""
+        key = (fit.key, self.train_key())
+        cached = _TRAJECTORIES.get(key)
+        if cached is not None and self.name in cached[1]:
+            return cached[1][self.name], cached[0]
+        budgets = {m.name: m.budget_seconds(fit.fit_seconds) for m in self.trajectory_group()}
+        if self.options.steps is not None or len(budgets) == 1:
+            return train_dpo(self.ctx.lm, examples, self.options, budgets[self.name]), None
+        top = max(budgets, key=lambda n: budgets[n] or 0.0)
+        others = {n: float(b or 0.0) for n, b in budgets.items() if n != top}
+        final = train_dpo(self.ctx.lm, examples, self.options, budgets[top], also_at=others)
+        _TRAJECTORIES.clear()  # one user at a time: methods of a user run back to back
+        _TRAJECTORIES[key] = (top, {top: final, **final.snapshots})
+        return _TRAJECTORIES[key][1][self.name], top
 
     def budget_seconds(self, fit_seconds: float) -> float | None:
         opts = self.options
@@ -472,7 +561,9 @@ class DPO(Chameleon):
                 steps=0, train_seconds=0.0, lora_bytes=0, dpo="no usable pairs; answered by the base model"
             )
             return UserState(user_id, round(pair_s, 3), info, None)
-        adapter = train_dpo(lm, examples, opts, budget)
+        adapter, trajectory = self.adapter_for(fit, examples)
+        if trajectory is not None:
+            info["trajectory"] = f"one training run per user for {trajectory}; this budget copied from it"
         info.update(
             steps=adapter.steps,
             train_seconds=adapter.train_seconds,
@@ -495,6 +586,9 @@ def register_dpo_method(name: str, options: DPOOptions) -> type[DPO]:
     register_method(name)(cls)
     return cls
 
+
+_SIBLINGS: dict[int, list[DPO]] = {}  # id(MethodContext) -> the DPO methods created with it
+_TRAJECTORIES: dict[tuple[str, str], tuple[str, dict[str, DPOAdapter]]] = {}
 
 register_method("dpo")(DPO)
 register_dpo_method("dpo-4x", DPOOptions(budget=4.0))
