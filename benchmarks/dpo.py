@@ -95,9 +95,19 @@ def cost_rows(run: Any, methods: list[str]) -> dict[str, Any]:
                     row[key] = info[key]
             if info.get("losses"):
                 row["loss_first"], row["loss_last"] = info["losses"][0], info["losses"][-1]
+            if row.get("chameleon_fit_seconds") and row.get("train_seconds") is not None:
+                row["multiple"] = round(float(row["train_seconds"]) / float(row["chameleon_fit_seconds"]), 2)
             users[alias[user]] = row
         out[m] = {"per_user": users}
-        for key in ("fit_seconds", "budget_seconds", "train_seconds", "steps", "lora_bytes", "edit_bytes"):
+        for key in (
+            "fit_seconds",
+            "budget_seconds",
+            "train_seconds",
+            "multiple",
+            "steps",
+            "lora_bytes",
+            "edit_bytes",
+        ):
             vals = [float(r[key]) for r in users.values() if r.get(key) is not None]
             out[m][f"{key}_mean"] = _mean(vals)
     return out
@@ -164,6 +174,7 @@ def dpo_table(task: dict[str, Any]) -> str:
         f"Δ vs chameleon{arrow} [95% CI]",
         "budget s/user",
         "fit/train s/user",
+        "train ÷ chameleon fit",
         "steps/user",
         "artifact/user",
     ]
@@ -184,9 +195,11 @@ def dpo_table(task: dict[str, Any]) -> str:
         else:
             seconds, artifact = None, "—"
         budget, steps = _fmt(cost.get("budget_seconds_mean")), _fmt(cost.get("steps_mean"))
+        multiple = cost.get("multiple_mean")
+        mult = f"{multiple:.2f}×" if multiple is not None else "—"
         lines.append(
             f"| {m} | {metric} | {s['valid_rate']:.2f} | {d_base} | {d_cham} | "
-            f"{budget} | {_fmt(seconds)} | {steps} | {artifact} |"
+            f"{budget} | {_fmt(seconds)} | {mult} | {steps} | {artifact} |"
         )
     return "\n".join(lines)
 
@@ -195,7 +208,7 @@ def per_user_table(task: dict[str, Any]) -> str:
     """Per user: Chameleon's fit seconds and, per DPO budget, training seconds / steps / last loss."""
     dpos = [m for m in task["methods"] if m.startswith("dpo")]
     cham = task["cost"].get("chameleon", {}).get("per_user", {})
-    head = ["user", "chameleon fit s", *[f"{m}: train s / steps / loss" for m in dpos]]
+    head = ["user", "chameleon fit s", *[f"{m}: train s (× fit) / steps / loss" for m in dpos]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     users = sorted({u for m in ["chameleon", *dpos] for u in task["cost"].get(m, {}).get("per_user", {})})
     for u in users:
@@ -203,7 +216,8 @@ def per_user_table(task: dict[str, Any]) -> str:
         for m in dpos:
             r = task["cost"][m]["per_user"].get(u, {})
             loss = f"{r['loss_first']:.2f}→{r['loss_last']:.2f}" if "loss_last" in r else "—"
-            cells.append(f"{_fmt(r.get('train_seconds'))} / {_fmt(r.get('steps'))} / {loss}")
+            mult = f" ({r['multiple']:.1f}×)" if "multiple" in r else ""
+            cells.append(f"{_fmt(r.get('train_seconds'))}{mult} / {_fmt(r.get('steps'))} / {loss}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
