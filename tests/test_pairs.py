@@ -63,3 +63,35 @@ def test_one_line_answers_cut_the_generated_side(llama: LoadedModel, monkeypatch
     assert {p.neutral for p in out} == {"1"} and {p.personal for p in out if p.source == "synthetic"} == {"1"}
     kept = make_pairs(llama, ITEMS, INSIGHTS, PairConfig(source="history", one_line=False))
     assert {p.neutral for p in kept} == {"1\n1. 1. 1."}
+
+
+def test_context_pairs_contrast_the_prompt_not_the_answer(
+    llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_generation(*args: Any) -> list[str]:
+        raise AssertionError("the context source generates nothing")
+
+    monkeypatch.setattr(pairs_mod, "generate_raw", no_generation)
+    items = [
+        HistoryItem("Rate this wine review from 1 to 5: crisp and fresh", "4"),
+        HistoryItem("Rate this wine review from 1 to 5: flabby", "2"),
+        HistoryItem("Rate this wine review from 1 to 5: sublime", "5"),
+    ]
+    cfg = PairConfig(source="context", context_items=1, answer_prefix="Score:")
+    out = make_pairs(llama, items, INSIGHTS, cfg)
+    assert len(out) == 3 and {p.source for p in out} == {"context"} and {p.neutral for p in out} == {""}
+    # each query sees another item (never its own answer), without the shared instruction
+    assert out[0].personal == f"{pairs_mod.CONTEXT_HEADER}\n- flabby -> 2"
+    assert out[1].personal == f"{pairs_mod.CONTEXT_HEADER}\n- crisp and fresh -> 4"
+    pos, neg = pair_texts(llama, out[:1], "Score:")
+    assert pos == [chat_prompt(llama, out[0].personal + "\n\nRate this wine review from 1 to 5: crisp and fresh") + "Score:"]
+    assert neg == [chat_prompt(llama, "Rate this wine review from 1 to 5: crisp and fresh") + "Score:"]
+
+
+def test_context_pairs_survive_the_near_duplicate_filter() -> None:
+    class NoEmbedder:
+        def encode(self, texts: list[str]) -> Any:
+            raise AssertionError("context pairs are not compared by embedding")
+
+    pair = Pair("q", "Earlier answers of this user:\n- a -> b", "", "context")
+    assert pairs_mod.filter_pairs([pair], NoEmbedder(), 0.5) == [pair]  # type: ignore[arg-type]

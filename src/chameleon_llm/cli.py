@@ -120,7 +120,7 @@ def fit(
     preset: Annotated[str | None, typer.Option(help="named configuration: default | paper")] = None,
     config: Annotated[Path | None, typer.Option(help="FitConfig JSON file")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override: section.key=value")] = None,
-    pairs_source: Annotated[str | None, typer.Option(help="synthetic | history | mixed")] = None,
+    pairs_source: Annotated[str | None, typer.Option(help="synthetic | history | mixed | context")] = None,
     alpha: Annotated[float | None, typer.Option(help="personalized strength α")] = None,
     beta: Annotated[float | None, typer.Option(help="neutral removal strength β")] = None,
     layer_rule: Annotated[str | None, typer.Option(help="band | ccs-loss | validation")] = None,

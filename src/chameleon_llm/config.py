@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 HookPoint = Literal["mlp", "layer"]
 Position = Literal["last", "all", "generated"]
-PairSource = Literal["synthetic", "history", "mixed"]
+PairSource = Literal["synthetic", "history", "mixed", "context"]
 PersonalEstimator = Literal["svd", "svd-centered", "svd-diff", "mean-diff"]
 NeutralEstimator = Literal["ccs", "mean-diff"]
 LayerRule = Literal["ccs-loss", "band", "validation"]
@@ -46,7 +46,9 @@ class PairConfig(_Stage):
     """How personalized/neutral response pairs are made."""
 
     source: PairSource = Field(
-        "history", description="synthetic (paper) | history (real outputs) | mixed (both)"
+        "history",
+        description="synthetic (paper) | history (real outputs) | mixed (both) | context (the query "
+        "with vs without the user's other history items in the prompt, read where the answer starts)",
     )
     n_queries: int = Field(8, ge=1, description="history queries used to build pairs")
     max_new_tokens: int = Field(48, ge=4, description="tokens per generated response")
@@ -59,6 +61,8 @@ class PairConfig(_Stage):
         description="cut generated responses at their first line break when the user's own answer "
         "is one line (labels, scores, titles), so pairs contrast answers, not rambling",
     )
+    context_items: int = Field(6, ge=1, description="context source: history items shown per query")
+    context_chars: int = Field(200, ge=20, description="context source: characters kept per shown text")
     answer_prefix: str = Field(
         "",
         description="text opening the assistant turn before every response (e.g. 'Score:'); the "

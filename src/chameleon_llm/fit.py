@@ -58,13 +58,26 @@ def pair_texts(
 ) -> tuple[list[str], list[str]]:
     """The texts whose states are contrasted: the query's chat prompt plus each response (after the
     answer prefix, when there is one)."""
-    pos = [chat_prompt(lm, p.query) + response_text(answer_prefix, p.personal) for p in pairs]
-    neg = [chat_prompt(lm, p.query) + response_text(answer_prefix, p.neutral) for p in pairs]
+    pos, neg = [], []
+    for p in pairs:
+        if p.source == "context":  # the prompts differ; both end where the answer starts
+            pos.append(chat_prompt(lm, f"{p.personal}\n\n{p.query}") + answer_prefix)
+            neg.append(chat_prompt(lm, p.query) + answer_prefix)
+        else:
+            pos.append(chat_prompt(lm, p.query) + response_text(answer_prefix, p.personal))
+            neg.append(chat_prompt(lm, p.query) + response_text(answer_prefix, p.neutral))
     return pos, neg
 
 
 def _n_tokens(lm: LoadedModel, text: str) -> int:
     return len(lm.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _response_tokens(lm: LoadedModel, pair: Pair, response: str, prefix: str) -> int:
+    """Tokens averaged for "response-mean": the response's own (context pairs: the last token)."""
+    if pair.source == "context":
+        return 1
+    return _n_tokens(lm, " " + response if prefix else response)
 
 
 def _pair_cache_path(lm: LoadedModel, history: Sequence[HistoryItem], cfg: FitConfig, root: Path) -> Path:
@@ -122,8 +135,8 @@ def edit_from_pairs(
         pos_texts, neg_texts = pair_texts(lm, pairs, prefix)
         counts = None
         if acfg.token == "response-mean":  # the response's own tokens, without the shared prefix
-            counts = [_n_tokens(lm, " " + p.personal if prefix else p.personal) for p in pairs] + [
-                _n_tokens(lm, " " + p.neutral if prefix else p.neutral) for p in pairs
+            counts = [_response_tokens(lm, p, p.personal, prefix) for p in pairs] + [
+                _response_tokens(lm, p, p.neutral, prefix) for p in pairs
             ]
         states = collect_last_token(
             lm,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,10 +22,16 @@ DEFAULT_QUERY = "Write something in your usual style."
 
 @dataclass(frozen=True)
 class Pair:
+    """Two responses to one query; for ``source="context"``, ``personal`` is the user-context block
+    put before the query and ``neutral`` is empty (the two sides differ in the prompt, not the answer)."""
+
     query: str
     personal: str
     neutral: str
-    source: str  # "synthetic" | "history"
+    source: str  # "synthetic" | "history" | "context"
+
+
+CONTEXT_HEADER = "Earlier answers of this user:"
 
 
 def _query(item: HistoryItem) -> str:
@@ -80,6 +87,35 @@ def first_line_if(reference: str, text: str) -> str:
     return text.split("\n", 1)[0].strip()
 
 
+def _shared_prefix(texts: Sequence[str]) -> int:
+    """Length of the instruction all texts start with (0 if under 20 characters or a single text)."""
+    if len(texts) < 2:
+        return 0
+    n = len(os.path.commonprefix(list(texts)))  # noqa: RUF071 -- a character prefix is wanted
+    return n if n >= 20 else 0
+
+
+def context_block(examples: Sequence[HistoryItem], max_chars: int, skip: int = 0) -> str:
+    """The user's other items as a compact block (a shared instruction of ``skip`` chars is dropped)."""
+    lines = [CONTEXT_HEADER]
+    for it in examples:
+        shown = " ".join(_query(it)[skip:].split())[:max_chars]
+        lines.append(f"- {shown} -> {' '.join(it.output.split())[:max_chars]}")
+    return "\n".join(lines)
+
+
+def context_pairs(items: Sequence[HistoryItem], cfg: PairConfig) -> list[Pair]:
+    """One pair per query item: the query with the user's other items before it, vs the query alone."""
+    chosen = list(items)[: cfg.n_queries]
+    skip = _shared_prefix([_query(it) for it in items])
+    pairs = []
+    for i, it in enumerate(chosen):
+        others = [x for j, x in enumerate(items) if j != i][: cfg.context_items]
+        if others:
+            pairs.append(Pair(_query(it), context_block(others, cfg.context_chars, skip), "", "context"))
+    return pairs
+
+
 def make_pairs(
     lm: LoadedModel,
     items: Sequence[HistoryItem],
@@ -90,6 +126,8 @@ def make_pairs(
     version: str = "v1",
 ) -> list[Pair]:
     """Build pairs for the first ``cfg.n_queries`` items (generation batched)."""
+    if cfg.source == "context":
+        return context_pairs(items, cfg)
     chosen = list(items)[: cfg.n_queries]
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     prefix = cfg.answer_prefix
@@ -117,13 +155,14 @@ def make_pairs(
 
 def filter_pairs(pairs: Sequence[Pair], embedder: Embedder, min_distance: float) -> list[Pair]:
     """Drop pairs whose two responses are near-identical (1 − cosine < ``min_distance``) or empty."""
-    kept = [p for p in pairs if p.personal.strip() and p.neutral.strip()]
+    context = [p for p in pairs if p.source == "context"]  # their sides differ in the prompt: kept
+    kept = [p for p in pairs if p.source != "context" and p.personal.strip() and p.neutral.strip()]
     if not kept or min_distance <= 0:
-        return kept
+        return context + kept
     a = embedder.encode([p.personal for p in kept])
     b = embedder.encode([p.neutral for p in kept])
     dist = 1.0 - (a * b).sum(-1)
-    return [p for p, d in zip(kept, dist.tolist(), strict=True) if d >= min_distance]
+    return context + [p for p, d in zip(kept, dist.tolist(), strict=True) if d >= min_distance]
 
 
 def save_pairs(path: Path, pairs: Sequence[Pair], insights: Insights) -> None:
