@@ -1,0 +1,69 @@
+"""One table of the Chameleon ablation runs: the primary metric per task for each configuration.
+
+    .venv/bin/python benchmarks/ablations.py      # reads benchmarks/results/ablation_*.json + quality.json
+
+Each row is a committed result file of ``benchmarks/quality.py`` (its command, FitConfig and commit are
+in the file); cells are ``chameleon`` (and ``chameleon_rag``) with ``base`` alongside, as the runs
+measured them. Writes benchmarks/results/ablations.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS
+
+TASKS = ("news-category", "wine-rating", "news-headline", "paper-title")
+ROWS = {
+    "quality_earlier_defaults.json": "first reconstruction: mixed, MLP, last token, svd, project α=β=0.5",
+    "ablation_raw_framing.json": "history pairs, residual 9–11, mean-diff, add, calibrated; raw profile text",
+    "ablation_history_task_framing.json": "same + task framing + answer prefix + one-line answers",
+    "ablation_context.json": "same, pairs.source=context",
+    "ablation_context_band_0.2_0.6.json": "same, pairs.source=context, band 0.2–0.6",
+    "quality.json": "**default** (history pairs, task framing, answer prefix), final run",
+}
+
+
+def cell(task: dict, method: str) -> str:
+    primary = task["task"]["primary_metric"]
+    m = task["methods"].get(method)
+    if m is None:
+        return "—"
+    return f"{m['metrics'][primary]:.3f} ({m['valid_rate']:.2f})"
+
+
+def main() -> None:
+    head = (
+        "| configuration | users | "
+        + " | ".join(f"{t}: base / chameleon / chameleon+rag" for t in TASKS)
+        + " |"
+    )
+    lines = [head, "|" + "---|" * (len(TASKS) + 2)]
+    for name, label in ROWS.items():
+        path = RESULTS / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        cells = []
+        for t in TASKS:
+            task = data["tasks"].get(t)
+            cells.append(
+                "not run"
+                if task is None
+                else " / ".join(cell(task, m) for m in ("base", "chameleon", "chameleon_rag"))
+            )
+        lines.append(f"| {label} (`{name}`) | {data.get('limit_users')} | " + " | ".join(cells) + " |")
+    note = (
+        "\nCells: primary metric (valid-answer rate) for base / chameleon / chameleon+rag; accuracy for "
+        "news-category, MAE (lower is better) for wine-rating, ROUGE-1 for the title tasks.\n"
+    )
+    out = RESULTS / "ablations.md"
+    out.write_text("\n".join(lines) + "\n" + note, encoding="utf-8")
+    print(out.read_text(encoding="utf-8"))
+
+
+if __name__ == "__main__":
+    main()
