@@ -78,6 +78,7 @@ def logits(lm: LoadedModel) -> torch.Tensor:
 
 def test_examples_follow_pair_texts_and_fit_max_length(llama: LoadedModel) -> None:
     same = Pair("q", "identical", "identical", "history")
+    assert dpo_examples(llama, [Pair("q", "User context: ...", "", "context")], 48) == []
     long_query = " ".join(["quick brown fox"] * 60)
     rows = dpo_examples(llama, [*PAIRS[:2], same, Pair(long_query, "novels", "the dog", "history")], 48)
     assert len(rows) == 3  # the pair without a preference is dropped

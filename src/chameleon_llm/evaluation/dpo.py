@@ -143,8 +143,8 @@ def dpo_examples(
     overhead = _n_tokens(lm, chat_prompt(lm, "") + answer_prefix) + 3  # template, prefix, space, eos, slack
     for p in pairs:
         chosen, rejected = p.personal.strip(), p.neutral.strip()
-        if not chosen or not rejected or chosen == rejected:
-            continue
+        if p.source == "context" or not chosen or not rejected or chosen == rejected:
+            continue  # context pairs differ in the prompt, not in a response: nothing to prefer
         chosen = _keep_first_tokens(lm, chosen, max_length // 2)
         rejected = _keep_first_tokens(lm, rejected, max_length // 2)
         room = max_length - overhead - max(_n_tokens(lm, chosen), _n_tokens(lm, rejected))
@@ -558,7 +558,11 @@ class DPO(Chameleon):
         }
         if not examples:
             info.update(
-                steps=0, train_seconds=0.0, lora_bytes=0, dpo="no usable pairs; answered by the base model"
+                steps=0,
+                train_seconds=0.0,
+                lora_bytes=0,
+                dpo="no usable pairs (none, identical responses, or 'context' pairs, which have no "
+                "responses to prefer); answered by the base model",
             )
             return UserState(user_id, round(pair_s, 3), info, None)
         adapter, trajectory = self.adapter_for(fit, examples)
