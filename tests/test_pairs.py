@@ -84,8 +84,9 @@ def test_context_pairs_contrast_the_prompt_not_the_answer(
     assert out[0].personal == f"{pairs_mod.CONTEXT_HEADER}\n- flabby -> 2"
     assert out[1].personal == f"{pairs_mod.CONTEXT_HEADER}\n- crisp and fresh -> 4"
     pos, neg = pair_texts(llama, out[:1], "Score:")
-    assert pos == [chat_prompt(llama, out[0].personal + "\n\nRate this wine review from 1 to 5: crisp and fresh") + "Score:"]
-    assert neg == [chat_prompt(llama, "Rate this wine review from 1 to 5: crisp and fresh") + "Score:"]
+    query = "Rate this wine review from 1 to 5: crisp and fresh"
+    assert pos == [chat_prompt(llama, out[0].personal + "\n\n" + query) + "Score:"]
+    assert neg == [chat_prompt(llama, query) + "Score:"]
 
 
 def test_context_pairs_survive_the_near_duplicate_filter() -> None:
