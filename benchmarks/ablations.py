@@ -23,6 +23,8 @@ ROWS = {
     "ablation_history_task_framing.json": "same + task framing + answer prefix + one-line answers",
     "ablation_context.json": "same, pairs.source=context",
     "ablation_context_band_0.2_0.6.json": "same, pairs.source=context, band 0.2–0.6",
+    "ablation_positions_all.json": "default + edit.positions=all, α grid up to 2",
+    "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (title tasks)",
     "quality.json": "**default** (history pairs, task framing, answer prefix), final run",
 }
 
