@@ -24,7 +24,7 @@ ROWS = {
     "ablation_context.json": "same, pairs.source=context",
     "ablation_context_band_0.2_0.6.json": "same, pairs.source=context, band 0.2–0.6",
     "ablation_positions_all.json": "default + edit.positions=all, α grid up to 2",
-    "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (title tasks)",
+    "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (news-headline only)",
     "quality.json": "**default** (history pairs, task framing, answer prefix), final run",
 }
 
