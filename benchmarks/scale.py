@@ -55,6 +55,12 @@ def parse_engines(text: str) -> tuple[tuple[str, int], ...]:
     return tuple(out)
 
 
+def parse_task_users(text: str) -> dict[str, int]:
+    """``"news-category=8,wine-rating=6"`` -> ``{"news-category": 8, "wine-rating": 6}``."""
+    pairs = (part.split("=") for part in text.split(",") if part.strip())
+    return {task.strip(): int(n) for task, n in pairs}
+
+
 def throughput(args: argparse.Namespace) -> Path:
     users = users_from_lamp(
         args.data / args.throughput_task / "questions.json", limit=args.users, framing=args.framing
@@ -183,12 +189,13 @@ def quality(args: argparse.Namespace) -> Path:
     out: dict[str, Any] = {}
     for task in args.tasks:
         start = time.perf_counter()
-        users = users_from_lamp(args.data / task / "questions.json", limit=args.users, framing=args.framing)
+        n_users = args.task_users.get(task, args.users)
+        users = users_from_lamp(args.data / task / "questions.json", limit=n_users, framing=args.framing)
         ecfg = EvalConfig(
             methods=list(METHODS),
             model=args.model,
             fit_config=cfg,
-            limit_users=args.users,
+            limit_users=n_users,
             bootstrap=args.bootstrap,
             history_framing=args.framing,
         )
@@ -287,7 +294,7 @@ def quality(args: argparse.Namespace) -> Path:
         "command": "python " + " ".join(sys.argv),
         "tasks": out,
         "methods": list(METHODS),
-        "users_per_task": args.users,
+        "users_per_task": {task: r["n_users"] for task, r in out.items()},
         "history_framing": args.framing,
         "torch_threads": args.threads,
         "bootstrap": args.bootstrap,
@@ -310,7 +317,7 @@ def quality(args: argparse.Namespace) -> Path:
 def quality_markdown(payload: dict[str, Any], model: str) -> str:
     """Per task: primary metric with its CI, valid rate and the difference vs base with its CI."""
     lines = [
-        f"# Per-user vs group vs base, cold start ({payload['users_per_task']} users per task, {model}, "
+        f"# Per-user vs group vs base, cold start (users per task: {payload['users_per_task']}, {model}, "
         f"history framing {payload['history_framing']})\n",
         f"Protocol: {payload['protocol']}\n",
     ]
@@ -353,6 +360,12 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/bench"))
     ap.add_argument("--model", default=DEFAULT_MODEL)
     ap.add_argument("--users", type=int, default=6, help="users per task / per throughput run")
+    ap.add_argument(
+        "--task-users",
+        type=parse_task_users,
+        default={},
+        help="quality: users for some tasks, overriding --users, e.g. news-category=8,wine-rating=6",
+    )
     ap.add_argument("--throughput-task", default="news-headline")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "chameleon-scale-bench")
