@@ -39,6 +39,14 @@ def split_file(data: bytes) -> tuple[dict[str, object], bytes]:
     return json.loads(data[8 : 8 + n]), data[8 + n :]
 
 
+def edit_parts(edit: UserEdit) -> tuple[dict[str, object], bytes, dict[str, str], dict[str, object]]:
+    """An edit file as (header, tensor bytes, its metadata, the decoded Chameleon metadata)."""
+    header, body = split_file(edit.to_bytes())
+    meta = header["__metadata__"]
+    assert isinstance(meta, dict)
+    return header, body, meta, json.loads(meta["chameleon"])
+
+
 def join_file(header: dict[str, object], body: bytes) -> bytes:
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)  # keep the tensor data 8-byte aligned
@@ -98,10 +106,7 @@ def test_edited_metadata_is_detected(
     llama: LoadedModel, make_edit: EditFactory, tmp_path: Path, field: str
 ) -> None:
     edit = make_edit(llama)
-    header, body = split_file(edit.to_bytes())
-    meta = header["__metadata__"]
-    assert isinstance(meta, dict)
-    chameleon = json.loads(meta["chameleon"])
+    header, body, meta, chameleon = edit_parts(edit)
     if field == "strengths":
         chameleon["strengths"]["alpha"] = 9.0
     elif field == "insights":
@@ -274,10 +279,7 @@ def test_a_file_written_before_edit_config_gained_a_field_keeps_its_id(
     llama: LoadedModel, make_edit: EditFactory
 ) -> None:
     edit = make_edit(llama)
-    header, body = split_file(edit.to_bytes())
-    meta = header["__metadata__"]
-    assert isinstance(meta, dict)
-    chameleon = json.loads(meta["chameleon"])
+    header, body, meta, chameleon = edit_parts(edit)
     # an older writer: its EditConfig had no "calibration_items" field, and it hashed what it wrote
     del chameleon["strengths"]["calibration_items"]
     h = hashlib.sha256(json.dumps(chameleon, sort_keys=True, default=str).encode())
