@@ -8,10 +8,14 @@ Throughput: the first ``--users`` users of ``--throughput-task`` fitted from scr
 by the local engine with 1 and 2 workers and by Ray with 2 workers (a local Ray cluster). Model load
 (measured inside each worker) is reported apart from the per-user fit time.
 
-Quality: on each bench task, the first ``--users`` users; a group set with 2 held-out folds is fitted
-on them (k by silhouette), then the evaluation harness runs base, rag, chameleon (per user), group
-and cold-start with 0, 1 and 3 history items (each user evaluated against the groups of the other
-fold). Run folders (resumable) live under ``--work``.
+Quality: on each bench task, the first ``--users`` users (``--task-users`` per task); a group set with
+2 held-out folds is fitted on them (k by silhouette), then the evaluation harness runs base, rag,
+chameleon (per user), group and cold-start with 0, 1 and 3 history items (each user evaluated against
+the groups of the other fold). Profiles are framed with ``--framing`` (default ``task``, the harness's
+default) for the group set and the harness alike, and the group edits use the harness's effective
+FitConfig for the task (``prepare_run(...).config.fit_config``). The group set and its run live in
+``--work/<task>/<framing>-<key>/{groups,run}``, the key a hash of model, FitConfig, histories, framing,
+group options and rule: resumable, and a changed input never reuses a stale group set or checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -233,12 +238,16 @@ def quality(args: argparse.Namespace) -> Path:
             )
             group_seconds = round(time.perf_counter() - start, 1)
             gs.info["fit_seconds"] = group_seconds
+            gs.info["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
             gs.save()
         assert gs.framing == args.framing, (gs.framing, args.framing)
         use_groups(gs)
         results = evaluate(args.data / task, run_dir, ecfg, lm=lm, progress=not args.quiet)
         run = prepare_run(args.data / task, run_dir, ecfg)
         choices: dict[str, dict[str, int]] = {}
+        created = [
+            cp["created_at"] for m in METHODS for cp in run.checkpoints(m).values() if "created_at" in cp
+        ]
         for m in METHODS[3:]:
             counts: dict[str, int] = {}
             for cp in run.checkpoints(m).values():
@@ -286,7 +295,10 @@ def quality(args: argparse.Namespace) -> Path:
             "fit_config_changes": config_differences(
                 cfg.model_dump(mode="json"), gcfg.model_dump(mode="json")
             ),
-            "wall_seconds": round(time.perf_counter() - start, 1),
+            # a resumed invocation reuses the group set and checkpoints: when they were made
+            "group_set_created_at": gs.info.get("created_at"),
+            "checkpoints_created": [min(created, default=None), max(created, default=None)],
+            "wall_seconds_this_invocation": round(time.perf_counter() - start, 1),
             "run_dir": str(run_dir),
         }
         print(f"{task}: done in {time.perf_counter() - start:.0f}s", flush=True)
