@@ -25,7 +25,10 @@ ROWS = {
     "ablation_context_band_0.2_0.6.json": "same, pairs.source=context, band 0.2–0.6",
     "ablation_positions_all.json": "default + edit.positions=all, α grid up to 2",
     "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (news-headline only)",
-    "quality.json": "**default** (history pairs, task framing, answer prefix), final run",
+    "quality_last_only.json": "previous default (`--preset last-only`): edit from the last prompt token",
+    "ablation_positions_grid.json": "calibration also chooses positions (last | all), α up to 2",
+    "quality.json": "**default** (= the row above, with peers), final run",
+    "quality_heldout_users.json": "**default** on users 7–12 (no ablation saw them)",
 }
 
 
@@ -57,7 +60,9 @@ def main() -> None:
                 if task is None
                 else " / ".join(cell(task, m) for m in ("base", "chameleon", "chameleon_rag"))
             )
-        lines.append(f"| {label} (`{name}`) | {data.get('limit_users')} | " + " | ".join(cells) + " |")
+        limit, skip = data.get("limit_users"), data.get("skip_users") or 0
+        users = f"{limit}" if not skip else f"next {limit} after {skip}"
+        lines.append(f"| {label} (`{name}`) | {users} | " + " | ".join(cells) + " |")
     note = (
         "\nCells: primary metric (valid-answer rate) for base / chameleon / chameleon+rag; accuracy for "
         "news-category, MAE (lower is better) for wine-rating, ROUGE-1 for the title tasks.\n"

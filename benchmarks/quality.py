@@ -33,6 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task folder names")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods")
     p.add_argument("--limit-users", type=int, default=None, help="first N users of each task")
+    p.add_argument(
+        "--skip-users", type=int, default=0, help="skip the first N users (validate on users no ablation saw)"
+    )
     p.add_argument("--model", default=None, help="model (default: the packaged SmolLM2-135M-Instruct)")
     p.add_argument("--config", type=Path, default=None, help="FitConfig JSON file")
     p.add_argument("--set", dest="sets", action="append", default=[], help="FitConfig override k=v")
@@ -118,6 +121,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             settings=settings,
             fit_config=fit_config,
             limit_users=args.limit_users,
+            skip_users=args.skip_users,
             bootstrap=args.bootstrap,
             history_framing=args.history_framing,
         )
@@ -133,6 +137,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
         "model": {"name": args.model or DEFAULT_MODEL, "identity": dict(lm.identity)},
         "limit_users": args.limit_users,
+        "skip_users": args.skip_users,
         "history_framing": args.history_framing,
         "methods": methods,
         "eval_settings": {

@@ -27,9 +27,9 @@ def test_calibration_picks_the_best_scored_alpha(llama: LoadedModel, make_edit) 
     base = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
     edit = replace(base, gap=torch.full_like(base.gaps, 3.0))  # a non-zero class-mean gap
     cal = calibrate_alpha(llama, edit, ITEMS, grid=[0.5, 2.0, 8.0])
-    assert set(cal.scores) == {(a, 0.0) for a in (0.0, 0.5, 2.0, 8.0)}
-    assert cal.scores[(cal.alpha, cal.beta)] == max(cal.scores.values())
-    assert cal.baseline == pytest.approx(cal.scores[(0.0, 0.0)], abs=1e-6)
+    assert set(cal.scores) == {("last", a, 0.0) for a in (0.0, 0.5, 2.0, 8.0)}
+    assert cal.scores[(cal.positions, cal.alpha, cal.beta)] == max(cal.scores.values())
+    assert cal.baseline == pytest.approx(cal.scores[("last", 0.0, 0.0)], abs=1e-6)
     assert cal.n_items == len(ITEMS)
     # the scores are real measurements: strengths change the held-out likelihood
     assert len({round(v, 6) for v in cal.scores.values()}) > 1
@@ -49,7 +49,25 @@ def test_calibration_needs_items(llama: LoadedModel, make_edit) -> None:  # type
 def test_beta_grid_is_searched(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
     edit = make_edit(llama, mode="add", alpha=0.0, beta=0.0)
     cal = calibrate_alpha(llama, edit, ITEMS, grid=[1.0], beta_grid=[0.0, 0.9])
-    assert set(cal.scores) == {(0.0, 0.0), (0.0, 0.9), (1.0, 0.0), (1.0, 0.9)}
+    assert set(cal.scores) == {("last", a, b) for a in (0.0, 1.0) for b in (0.0, 0.9)}
+
+
+def test_positions_grid_is_searched_and_scored_differently(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    base = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
+    edit = replace(base, gap=torch.full_like(base.gaps, 3.0))
+    cal = calibrate_alpha(llama, edit, ITEMS, grid=[2.0], positions_grid=["all", "last"])
+    # α = β = 0 is scored once (no edit: positions do not matter)
+    assert set(cal.scores) == {("last", 0.0, 0.0), ("last", 2.0, 0.0), ("all", 2.0, 0.0)}
+    assert cal.scores[("all", 2.0, 0.0)] != pytest.approx(cal.scores[("last", 2.0, 0.0)], abs=1e-6)
+    assert cal.scores[(cal.positions, cal.alpha, cal.beta)] == max(cal.scores.values())
+    assert cal.positions in {"all", "last"}
+
+
+def test_positions_ties_keep_the_edits_own_positions(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    base = make_edit(llama, mode="add", alpha=0.0, beta=0.0, positions="all")
+    edit = replace(base, gap=torch.zeros_like(base.gaps))  # zero gap, β = 0: every candidate is a no-op
+    cal = calibrate_alpha(llama, edit, ITEMS, grid=[1.0], positions_grid=["last"])
+    assert (cal.positions, cal.alpha, cal.beta) == ("all", 0.0, 0.0)
 
 
 def test_answer_prefix_and_end_of_turn_are_scored(llama: LoadedModel) -> None:

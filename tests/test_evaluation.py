@@ -297,6 +297,10 @@ def test_resume_skips_finished_users(tmp_path: Path, counting: type[Counting]) -
     assert len(counting.calls) == 7  # other settings: other checkpoints
     limited = EvalConfig(methods=["counting"], limit_users=2, bootstrap=20)
     assert list(prepare_run(data, tmp_path / "run", limited).users) == ["user 0", "user 1"]
+    later = EvalConfig(methods=["counting"], limit_users=5, skip_users=1, bootstrap=20)
+    assert list(prepare_run(data, tmp_path / "run", later).users) == ["user 1", "user 2"]
+    with pytest.raises(ValueError, match="skip_users"):
+        prepare_run(data, tmp_path / "run", EvalConfig(methods=["counting"], skip_users=-1))
 
 
 def test_no_gold_reaches_any_method(

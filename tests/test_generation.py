@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from chameleon_llm.edit import UserEdit
-from chameleon_llm.generation import GenerationOptions, continuation_logprobs, generate, generate_raw
+from chameleon_llm.generation import (
+    GenerationOptions,
+    continuation_logprobs,
+    continuation_logprobs_many,
+    generate,
+    generate_raw,
+)
 from chameleon_llm.models import LoadedModel, chat_prompt
 from conftest import EditFactory
 
@@ -70,6 +76,53 @@ def test_continuation_logprobs_with_edits(lm: LoadedModel, make_edit: EditFactor
     # a single edit for every row
     single = continuation_logprobs(lm, prompts, CONTINUATIONS, user_a)
     assert single[0] == pytest.approx(edited[0], abs=1e-4)
+
+
+def test_many_candidates_equal_one_at_a_time(lm: LoadedModel, make_edit: EditFactory) -> None:
+    prompts = rendered(lm)
+    candidates: list[UserEdit | None] = [
+        None,
+        make_edit(lm, seed=1, alpha=3.0, beta=1.0, positions="last"),
+        make_edit(lm, seed=2, alpha=3.0, beta=0.0, positions="all", hook_point="layer"),
+        make_edit(lm, seed=3, alpha=2.0, beta=0.5, positions="generated", hook_point="layer"),
+        make_edit(lm, seed=1, alpha=0.5, beta=0.0, positions="last"),
+    ]
+    many = continuation_logprobs_many(lm, prompts, CONTINUATIONS, candidates)
+    alone = [continuation_logprobs(lm, prompts, CONTINUATIONS, e) for e in candidates]
+    assert len(many) == len(candidates)
+    for got, want in zip(many, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-4, rel=1e-5)
+    assert many[1] != pytest.approx(many[0], abs=1e-3)  # the edits are real: scores move
+
+
+def test_many_candidates_share_the_unedited_prompt_prefix(lm: LoadedModel, make_edit: EditFactory) -> None:
+    prompts = rendered(lm)
+    candidates = [make_edit(lm, seed=s, alpha=1.0, positions="last") for s in range(4)]
+    columns: list[int] = []
+
+    def count(_m: object, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        assert isinstance(ids, torch.Tensor)
+        columns.append(int(ids.shape[1]))
+
+    handle = lm.model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        continuation_logprobs_many(lm, prompts, CONTINUATIONS, candidates)
+    finally:
+        handle.remove()
+    full = continuation_logprobs  # the width a full pass sees:
+    widths: list[int] = []
+    handle = lm.model.register_forward_pre_hook(
+        lambda _m, a, k: widths.append(int(k.get("input_ids", a[0] if a else None).shape[1])),
+        with_kwargs=True,
+    )
+    try:
+        full(lm, prompts, CONTINUATIONS)
+    finally:
+        handle.remove()
+    prefix, *suffixes = columns
+    assert len(suffixes) == len(candidates)  # one prefix pass, then one short pass per candidate
+    assert all(prefix + s == widths[0] for s in suffixes) and prefix > 0
 
 
 def test_generated_positions_leave_the_first_continuation_token_alone(

@@ -128,9 +128,12 @@ class EditConfig(_Stage):
         True, description="choose α per user from alpha_grid by held-out history log-likelihood"
     )
     alpha_grid: tuple[float, ...] = Field(
-        (0.1, 0.25, 0.5, 1.0), description="α candidates (0 is always tried)"
+        (0.1, 0.25, 0.5, 1.0, 2.0), description="α candidates (0 is always tried)"
     )
     beta_grid: tuple[float, ...] = Field((0.0, 0.5), description="β candidates tried with each α")
+    positions_grid: tuple[Position, ...] = Field(
+        ("all",), description="other positions calibration may choose (empty: only `positions`)"
+    )
     calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
 
 
@@ -185,6 +188,9 @@ class FitConfig(_Stage):
 PRESETS: dict[str, dict[str, object]] = {
     # the package defaults (chosen by measurement, docs/design.md)
     "default": {},
+    # the previous defaults (benchmarks/results/quality_last_only.json): edit from the prompt's last
+    # token on only, α up to 1
+    "last-only": {"edit.positions_grid": [], "edit.alpha_grid": [0.1, 0.25, 0.5, 1.0]},
     # the method as the paper describes it: synthetic pairs, uncentred SVD, CCS, CCS-loss layers,
     # projection edit with alpha = beta = 0.5 on MLP outputs at the last token
     "paper": {

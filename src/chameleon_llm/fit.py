@@ -190,21 +190,32 @@ def calibrate_edit(
         return replace(edit, stats=stats)
     with _timed(timings, "calibrate", progress):
         cal = calibrate_alpha(
-            lm, edit, heldout, cfg.edit.alpha_grid, cfg.edit.beta_grid, answer_prefix=cfg.pairs.answer_prefix
+            lm,
+            edit,
+            heldout,
+            cfg.edit.alpha_grid,
+            cfg.edit.beta_grid,
+            positions_grid=cfg.edit.positions_grid,
+            answer_prefix=cfg.pairs.answer_prefix,
         )
+    several = len({pos for pos, _, _ in cal.scores}) > 1
     stats = {
         **edit.stats,
         "calibration": {
             "alpha": cal.alpha,
             "beta": cal.beta,
+            **({"positions": cal.positions} if several else {}),
             "n_items": cal.n_items,
             "loglik_base": round(cal.baseline, 5),
-            "loglik_best": round(cal.scores[(cal.alpha, cal.beta)], 5),
-            "loglik_per_token": {f"{a},{b}": round(v, 5) for (a, b), v in cal.scores.items()},
+            "loglik_best": round(cal.scores[(cal.positions, cal.alpha, cal.beta)], 5),
+            "loglik_per_token": {
+                (f"{pos}:" if several else "") + f"{a},{b}": round(v, 5)
+                for (pos, a, b), v in cal.scores.items()
+            },
         },
     }
     return replace(
-        edit.with_strengths(alpha=cal.alpha, beta=cal.beta),
+        edit.with_strengths(alpha=cal.alpha, beta=cal.beta, positions=cal.positions),
         stats=stats,
         provenance={**edit.provenance, "timings": timings},
     )

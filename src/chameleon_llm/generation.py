@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .activations import position_kwargs
 from .edit import UserEdit
@@ -99,15 +100,12 @@ def generate(
     return results
 
 
-def continuation_logprobs(
-    lm: LoadedModel,
-    prompts: Sequence[str],
-    continuations: Sequence[str],
-    edits: Sequence[UserEdit | None] | UserEdit | None = None,
-) -> list[float]:
-    """Sum of log-probabilities of each continuation after its rendered prompt (edits applied)."""
+def _continuation_batch(
+    lm: LoadedModel, prompts: Sequence[str], continuations: Sequence[str]
+) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
+    """Left-padded ids and mask of prompt + continuation rows, each row's prompt length (in padded
+    columns) and continuation length."""
     tok = lm.tokenizer
-    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
     ids, cont_lens = [], []
     for p, c in zip(prompts, continuations, strict=True):
         p_ids = tok(p, add_special_tokens=False)["input_ids"]
@@ -119,10 +117,92 @@ def continuation_logprobs(
     input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids], device=lm.device)
     mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids], device=lm.device)
     prompt_lens = [width - n for n in cont_lens]  # per row: where its continuation starts
+    return input_ids, mask, prompt_lens, cont_lens
+
+
+def _sum_logprobs(logits: torch.Tensor, input_ids: torch.Tensor, cont_lens: Sequence[int]) -> list[float]:
+    """Per row, the summed log-probability of its last ``n`` tokens; ``logits`` cover the last
+    ``logits.shape[1]`` input positions (so they predict the tokens after them)."""
+    start = input_ids.shape[1] - logits.shape[1]
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = input_ids[:, start + 1 :]
+    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    width = tok_lp.shape[1]
+    return [float(tok_lp[i, width - n :].sum()) for i, n in enumerate(cont_lens)]
+
+
+def continuation_logprobs(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    edits: Sequence[UserEdit | None] | UserEdit | None = None,
+) -> list[float]:
+    """Sum of log-probabilities of each continuation after its rendered prompt (edits applied)."""
+    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
+    input_ids, mask, prompt_lens, cont_lens = _continuation_batch(lm, prompts, continuations)
     with torch.inference_mode(), steer(lm, rows, batch_size=len(prompts), prompt_len=prompt_lens):
         positions = position_kwargs(lm.model, mask)
-        logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    target = input_ids[:, 1:]
-    tok_lp = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    return [float(tok_lp[i, width - 1 - n :].sum()) for i, n in enumerate(cont_lens)]
+        logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits
+    return _sum_logprobs(logits, input_ids, cont_lens)
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str | None:
+    params = inspect.signature(model.forward).parameters
+    return next((k for k in ("cache", "past_key_values") if k in params), None)  # transformers 5 / 4
+
+
+def continuation_logprobs_many(
+    lm: LoadedModel,
+    prompts: Sequence[str],
+    continuations: Sequence[str],
+    candidates: Sequence[UserEdit | None],
+) -> list[list[float]]:
+    """:func:`continuation_logprobs` of the same rows under each candidate edit (one edit for all rows).
+
+    Candidates that leave the prompt unedited up to its last token (positions ``last``/``generated``,
+    or no edit) share one forward pass over that unedited prefix through the KV cache: with long
+    prompts and short continuations, scoring k candidates costs about one prompt pass, not k.
+    Candidates editing every position (``all``) are scored in full. Results equal the one-at-a-time
+    scores up to floating-point rounding.
+    """
+    input_ids, mask, prompt_lens, cont_lens = _continuation_batch(lm, prompts, continuations)
+    split = min(prompt_lens) - 1  # the first column any ``last`` edit touches
+    key = _cache_kwarg(lm.model)
+    results: list[list[float] | None] = [None] * len(candidates)
+    shared = (
+        [i for i, e in enumerate(candidates) if e is None or e.positions != "all"]
+        if key is not None and split > 0
+        else []
+    )
+    positions = position_kwargs(lm.model, mask)
+    with torch.inference_mode():
+        if shared and key is not None:
+            cache = DynamicCache()
+            past: dict[str, DynamicCache] = {key: cache}
+            prefix = {k: v[:, :split] for k, v in positions.items()}
+            lm.model(
+                input_ids=input_ids[:, :split],
+                attention_mask=mask[:, :split],
+                use_cache=True,
+                logits_to_keep=1,
+                **past,
+                **prefix,
+            )
+            suffix = {k: v[:, split:] for k, v in positions.items()}
+            for i in shared:
+                with steer(lm, candidates[i], batch_size=len(prompts), prompt_len=prompt_lens):
+                    logits = lm.model(
+                        input_ids=input_ids[:, split:],
+                        attention_mask=mask,
+                        use_cache=True,
+                        **past,
+                        **suffix,
+                    ).logits
+                cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
+                results[i] = _sum_logprobs(logits, input_ids, cont_lens)
+        for i, e in enumerate(candidates):
+            if results[i] is None:
+                with steer(lm, e, batch_size=len(prompts), prompt_len=prompt_lens):
+                    logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits
+                results[i] = _sum_logprobs(logits, input_ids, cont_lens)
+    return [r for r in results if r is not None]

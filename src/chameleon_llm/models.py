@@ -136,19 +136,34 @@ def _packaged_gguf(spec: PackagedModel) -> Path:
 
 
 def convert_packaged(name: str, *, force: bool = False) -> Path:
-    """Convert a packaged GGUF once into a safetensors folder in the cache; return the folder.
-
-    The folder is built under a temporary name and renamed into place, so a half-written cache is
-    never used.
-    """
+    """Convert a packaged GGUF once into a safetensors folder in the cache; return the folder."""
     spec = PACKAGED[name]
     gguf = _packaged_gguf(spec)
-    target = cache_dir() / "models" / name
+    return convert_gguf(gguf, cache_dir() / "models" / name, source={"package": spec.pip_spec}, force=force)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_gguf(
+    gguf: Path, target: Path, *, source: dict[str, Any] | None = None, force: bool = False
+) -> Path:
+    """Dequantize a GGUF file once into a float32 safetensors folder ``target``; return it.
+
+    The folder is built under a temporary name and renamed into place, so a half-written cache is
+    never used. ``chameleon_source.json`` records the GGUF path, its sha256 and ``source``.
+    """
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("converting %s once into %s", gguf.name, target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -157,7 +172,8 @@ def convert_packaged(name: str, *, force: bool = False) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "chameleon_source.json").write_text(json.dumps({"gguf": str(gguf), "package": spec.pip_spec}))
+        info = {"gguf": str(gguf), "sha256": file_sha256(gguf), **(source or {})}
+        (tmp / "chameleon_source.json").write_text(json.dumps(info, indent=2))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -167,10 +183,27 @@ def convert_packaged(name: str, *, force: bool = False) -> Path:
     return target
 
 
+def _local_gguf_folder(path: Path) -> Path:
+    """The cache folder for a local GGUF file: keyed by its content hash, so a changed file reconverts."""
+    digest = file_sha256(path)
+    return convert_gguf(path, cache_dir() / "models" / f"gguf-{path.stem.lower()}-{digest[:16]}")
+
+
 def resolve_model_path(name: str) -> str:
-    """Map a model name to something ``from_pretrained`` accepts."""
+    """Map a model name to something ``from_pretrained`` accepts.
+
+    A packaged name converts its GGUF once; a path to a local ``.gguf`` file is dequantized once into
+    the cache (keyed by the file's sha256); anything else (hub id, folder) is passed through.
+    """
     if name in PACKAGED:
         return str(convert_packaged(name))
+    if name.lower().endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ModelNotAvailableError(
+                f"GGUF file {name!r} not found.\nFix: pass the path of an existing .gguf file."
+            )
+        return str(_local_gguf_folder(path))
     return name
 
 

@@ -40,8 +40,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = ",".join(DEFAULT_METHODS),
         limit_users: Annotated[int | None, typer.Option(help="only the first N users")] = None,
+        skip_users: Annotated[
+            int, typer.Option(min=0, help="skip the first N users (file order), e.g. users no ablation saw")
+        ] = 0,
         model: Annotated[
-            str, typer.Option("--model", "-m", help="hub id, folder or packaged name")
+            str, typer.Option("--model", "-m", help="hub id, folder, local .gguf file or packaged name")
         ] = DEFAULT_MODEL,
         dtype: Annotated[str, typer.Option(help="float32 | bfloat16")] = "float32",
         config: Annotated[Path | None, typer.Option(help="FitConfig JSON file")] = None,
@@ -111,6 +114,7 @@ def register(app: typer.Typer) -> None:
             settings=settings,
             fit_config=fit_config,
             limit_users=limit_users,
+            skip_users=skip_users,
             bootstrap=bootstrap,
             seed=seed,
             pair_cache=not no_pair_cache,

@@ -71,6 +71,7 @@ class EvalConfig:
     settings: EvalSettings = field(default_factory=EvalSettings)
     fit_config: FitConfig = field(default_factory=FitConfig)
     limit_users: int | None = None
+    skip_users: int = 0  # skip the first N users (e.g. evaluate users no ablation has seen)
     bootstrap: int = 1000
     seed: int = 0
     pair_cache: bool = True
@@ -105,10 +106,13 @@ def fit_profile(queries: Sequence[LampQuery]) -> list[dict[str, Any]]:
     return [dict(i) for i in smallest.profile if key(i) in common]
 
 
-def select_users(dataset: LampDataset, limit: int | None) -> dict[str, list[LampQuery]]:
-    """Users in file order (first appearance), the first ``limit`` of them."""
+def select_users(dataset: LampDataset, limit: int | None, skip: int = 0) -> dict[str, list[LampQuery]]:
+    """Users in file order (first appearance): after the first ``skip``, the next ``limit`` of them."""
+    if skip < 0:
+        raise ValueError(f"skip_users must be >= 0, got {skip}")
     users = dataset.users()
-    names = list(users)[:limit] if limit is not None else list(users)
+    names = list(users)[skip:]
+    names = names[:limit] if limit is not None else names
     return {u: users[u] for u in names}
 
 
@@ -235,7 +239,7 @@ def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -
     dataset = load_task_dir(data_dir)
     if dataset.golds is None:
         raise FileNotFoundError(f"{data_dir} has no outputs.json: golds are needed to evaluate")
-    users = select_users(dataset, config.limit_users)
+    users = select_users(dataset, config.limit_users, config.skip_users)
     resolved = config.settings.resolve(dataset.task)
     config = with_task_prefix(config, resolved)
     base_settings = {
@@ -352,6 +356,7 @@ def config_dict(config: EvalConfig) -> dict[str, Any]:
         "fit_config": config.fit_config.model_dump(mode="json"),
         "history_framing": config.history_framing,
         "limit_users": config.limit_users,
+        "skip_users": config.skip_users,
         "bootstrap": config.bootstrap,
         "seed": config.seed,
         "pair_cache": config.pair_cache,
