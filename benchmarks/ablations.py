@@ -26,8 +26,7 @@ ROWS = {
     "ablation_positions_all.json": "default + edit.positions=all, α grid up to 2",
     "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (news-headline only)",
     "quality_last_only.json": "previous default (`--preset last-only`): edit from the last prompt token",
-    "ablation_positions_grid.json": "calibration also chooses positions (last | all), α up to 2",
-    "quality.json": "**default** (= the row above, with peers), final run",
+    "quality.json": "**default**: calibration also chooses positions (last or all), α up to 2",
     "quality_heldout_users.json": "**default** on users 7–12 (no ablation saw them)",
 }
 
