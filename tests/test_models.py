@@ -25,9 +25,11 @@ def test_local_gguf_is_converted_into_a_cache_folder_keyed_by_content(
 ) -> None:
     monkeypatch.setenv("CHAMELEON_CACHE", str(tmp_path / "cache"))
     calls: list[tuple[Path, Path]] = []
+    sources: list[object] = []
 
-    def fake_convert(gguf: Path, target: Path, **_: object) -> Path:
+    def fake_convert(gguf: Path, target: Path, **kwargs: object) -> Path:
         calls.append((gguf, target))
+        sources.append(kwargs.get("source"))
         return target
 
     monkeypatch.setattr(models, "convert_gguf", fake_convert)
@@ -40,6 +42,7 @@ def test_local_gguf_is_converted_into_a_cache_folder_keyed_by_content(
     assert Path(first).parent == tmp_path / "cache" / "models"
     assert Path(second).name == f"gguf-tiny-q4-{file_sha256(path)[:16]}"
     assert [g for g, _ in calls] == [path, path]
+    assert sources[-1] == {"sha256": file_sha256(path)}  # the digest is passed on, not hashed again
 
 
 def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:

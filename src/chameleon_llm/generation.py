@@ -138,9 +138,21 @@ def continuation_logprobs(
     edits: Sequence[UserEdit | None] | UserEdit | None = None,
 ) -> list[float]:
     """Sum of log-probabilities of each continuation after its rendered prompt (edits applied)."""
-    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
     input_ids, mask, prompt_lens, cont_lens = _continuation_batch(lm, prompts, continuations)
-    with torch.inference_mode(), steer(lm, rows, batch_size=len(prompts), prompt_len=prompt_lens):
+    return _full_pass(lm, input_ids, mask, prompt_lens, cont_lens, edits)
+
+
+def _full_pass(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_lens: Sequence[int],
+    cont_lens: Sequence[int],
+    edits: Sequence[UserEdit | None] | UserEdit | None,
+) -> list[float]:
+    """Score a prepared batch with one forward over every column, edits applied."""
+    rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompt_lens)
+    with torch.inference_mode(), steer(lm, rows, batch_size=len(rows), prompt_len=prompt_lens):
         positions = position_kwargs(lm.model, mask)
         logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits
     return _sum_logprobs(logits, input_ids, cont_lens)
@@ -174,9 +186,9 @@ def continuation_logprobs_many(
         if key is not None and split > 0
         else []
     )
-    positions = position_kwargs(lm.model, mask)
     with torch.inference_mode():
         if shared and key is not None:
+            positions = position_kwargs(lm.model, mask)
             cache = DynamicCache()
             past: dict[str, DynamicCache] = {key: cache}
             prefix = {k: v[:, :split] for k, v in positions.items()}
@@ -200,9 +212,7 @@ def continuation_logprobs_many(
                     ).logits
                 cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
                 results[i] = _sum_logprobs(logits, input_ids, cont_lens)
-        for i, e in enumerate(candidates):
-            if results[i] is None:
-                with steer(lm, e, batch_size=len(prompts), prompt_len=prompt_lens):
-                    logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits
-                results[i] = _sum_logprobs(logits, input_ids, cont_lens)
-    return [r for r in results if r is not None]
+    return [
+        r if r is not None else _full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e)
+        for r, e in zip(results, candidates, strict=True)
+    ]

@@ -157,7 +157,8 @@ def convert_gguf(
     """Dequantize a GGUF file once into a float32 safetensors folder ``target``; return it.
 
     The folder is built under a temporary name and renamed into place, so a half-written cache is
-    never used. ``chameleon_source.json`` records the GGUF path, its sha256 and ``source``.
+    never used. ``chameleon_source.json`` records the GGUF path, its sha256 (computed unless ``source``
+    gives it) and ``source``.
     """
     if (target / "config.json").is_file() and (target / "model.safetensors").is_file() and not force:
         return target
@@ -172,7 +173,8 @@ def convert_gguf(
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        info = {"gguf": str(gguf), "sha256": file_sha256(gguf), **(source or {})}
+        info = {"gguf": str(gguf), **(source or {})}
+        info.setdefault("sha256", file_sha256(gguf))  # a caller that keyed the cache by it passes it
         (tmp / "chameleon_source.json").write_text(json.dumps(info, indent=2))
         if target.exists():
             shutil.rmtree(target)
@@ -186,7 +188,8 @@ def convert_gguf(
 def _local_gguf_folder(path: Path) -> Path:
     """The cache folder for a local GGUF file: keyed by its content hash, so a changed file reconverts."""
     digest = file_sha256(path)
-    return convert_gguf(path, cache_dir() / "models" / f"gguf-{path.stem.lower()}-{digest[:16]}")
+    target = cache_dir() / "models" / f"gguf-{path.stem.lower()}-{digest[:16]}"
+    return convert_gguf(path, target, source={"sha256": digest})
 
 
 def resolve_model_path(name: str) -> str:
