@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from chameleon_llm.calibration import calibrate_alpha, heldout_loglik
+from chameleon_llm.calibration import calibrate_alpha, heldout_answer_scores, heldout_loglik, history_labels
+from chameleon_llm.evaluation.prompting import score_labels
 from chameleon_llm.history import HistoryItem
-from chameleon_llm.models import LoadedModel
+from chameleon_llm.models import LoadedModel, chat_prompt
 
 ITEMS = [
     HistoryItem("what should I cook tonight?", "a vegetable curry."),
@@ -85,3 +86,47 @@ def test_answer_prefix_and_end_of_turn_are_scored(llama: LoadedModel) -> None:
     )
     n = len(llama.tokenizer(cont, add_special_tokens=False)["input_ids"])
     assert with_prefix == pytest.approx(lp[0] / n, abs=1e-5)
+
+
+LABELED = [
+    HistoryItem("Rate this wine: crisp and bright.", "4"),
+    HistoryItem("Rate this wine: flat and dull.", "2"),
+    HistoryItem("Rate this wine: a fine red.", "4"),
+]
+
+
+def test_history_labels_only_for_label_like_answers() -> None:
+    assert history_labels(LABELED) == ("4", "2")
+    assert history_labels(ITEMS) == ()  # every answer distinct: titles, not labels
+    long = [HistoryItem("q", "x" * 80), HistoryItem("q", "x" * 80), HistoryItem("q", "y")]
+    assert history_labels(long) == ()
+
+
+def test_answer_scores_match_label_scoring(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    labels = ["1", "2", "3", "4", "5"]
+    edit = make_edit(llama, mode="add", alpha=3.0, positions="all")
+    for candidate in (None, edit):
+        ((score, loglik),) = heldout_answer_scores(
+            llama, [candidate], LABELED, labels, answer_prefix="Score:"
+        )
+        prompts = [chat_prompt(llama, it.input, assistant_prefix="Score:") for it in LABELED]
+        chosen = score_labels(llama, prompts, labels, candidate, prefixed=True)
+        expected = -sum(abs(int(c) - int(it.output)) for c, it in zip(chosen, LABELED, strict=True)) / 3
+        assert score == pytest.approx(expected)
+        assert loglik < 0
+
+
+def test_answers_objective_ranks_by_task_score_then_loglik(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    base = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
+    edit = replace(base, gap=torch.full_like(base.gaps, 3.0))
+    labels = ["1", "2", "3", "4", "5"]
+    cal = calibrate_alpha(llama, edit, LABELED, grid=[0.5, 4.0, 16.0], labels=labels, answer_prefix="Score:")
+    assert cal.objective == "answers" and cal.answer_scores is not None
+    assert set(cal.answer_scores) == set(cal.scores)
+    best = (cal.positions, cal.alpha, cal.beta)
+    top = max(cal.answer_scores.values())
+    assert cal.answer_scores[best] == pytest.approx(top)
+    tied = [k for k, v in cal.answer_scores.items() if round(v, 6) == round(top, 6)]
+    assert cal.scores[best] == pytest.approx(max(cal.scores[k] for k in tied), abs=1e-5)
+    assert cal.answer_baseline == pytest.approx(cal.answer_scores[("last", 0.0, 0.0)])
+    assert all(v <= 0 for v in cal.answer_scores.values())  # minus MAE: numeric labels

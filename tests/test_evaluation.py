@@ -25,9 +25,8 @@ from chameleon_llm.evaluation import (
     score_labels,
 )
 from chameleon_llm.evaluation.methods import MethodContext, Prior
-from chameleon_llm.evaluation.scoring import cached_continuation_logprobs
 from chameleon_llm.fit import FitResult
-from chameleon_llm.generation import continuation_logprobs
+from chameleon_llm.generation import cached_continuation_logprobs, continuation_logprobs
 from chameleon_llm.insights import Insights
 from chameleon_llm.lamp import LampQuery, get_task
 from chameleon_llm.lamp.tasks import LAMP2_NEWS_LABELS, LAMP2_NEWS_PROMPT_ORDER

@@ -7,6 +7,11 @@ end token makes an edit that stops the model from ending its answer pay for it. 
 candidate, so an edit that does not make the user's real answers more likely is switched off. With a
 positions grid, each (positions, α, β) is scored the same way (teacher forcing applies the edit to the
 prompt as well for ``all``, from the prompt's last token on for ``last``).
+
+Objective ``answers`` (for label and rating tasks): a candidate's score is how well the edited model's
+first-ranked answer among a label set matches the user's held-out answers (accuracy, or minus the
+mean absolute error when every label is a number), with the user's answers' log-likelihood breaking
+ties. It optimizes what the task measures rather than a proxy, at the price of a coarser score.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .edit import UserEdit
-from .generation import continuation_logprobs_many
+from .generation import cached_continuation_logprobs, continuation_logprobs_many
 from .history import HistoryItem
 from .models import LoadedModel, chat_prompt
 
@@ -30,6 +35,11 @@ class Calibration:
     scores: dict[tuple[str, float, float], float]  # (positions, α, β) -> mean log-lik per token
     n_items: int
     baseline: float  # the unedited model's score
+    objective: str = "loglik"
+    # answers objective: (positions, α, β) -> accuracy or minus MAE; scores then hold the mean summed
+    # log-probability of the user's answers
+    answer_scores: dict[tuple[str, float, float], float] | None = None
+    answer_baseline: float | None = None
 
 
 def heldout_logliks(
@@ -63,6 +73,63 @@ def heldout_loglik(
     return heldout_logliks(lm, [edit], items, max_chars, answer_prefix)[0]
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def history_labels(
+    items: Sequence[HistoryItem], max_labels: int = 30, max_chars: int = 40
+) -> tuple[str, ...]:
+    """The distinct answers in ``items`` when they look like a label set (some repeat, all short and
+    on one line), else ``()``."""
+    answers = [it.output.strip() for it in items if it.output.strip()]
+    distinct = tuple(dict.fromkeys(answers))
+    if not 2 <= len(distinct) <= max_labels or len(distinct) == len(answers):
+        return ()
+    if any(len(a) > max_chars or "\n" in a for a in distinct):
+        return ()
+    return distinct
+
+
+def heldout_answer_scores(
+    lm: LoadedModel,
+    edits: Sequence[UserEdit | None],
+    items: Sequence[HistoryItem],
+    labels: Sequence[str],
+    answer_prefix: str = "",
+) -> list[tuple[float, float]]:
+    """Per candidate edit: (task score, mean log-probability of the user's answers).
+
+    The task score averages, over the items, whether the label with the highest log-likelihood (label
+    then end-of-turn, as the harness's label scoring) is the user's answer, or minus its absolute
+    error when the labels and the answer are numbers. A user answer missing from ``labels`` is added
+    to that item's candidates.
+    """
+    if not items or not labels:
+        raise ValueError("answer scoring needs held-out items and a label set")
+    prompts = [
+        chat_prompt(lm, it.input.strip() or DEFAULT_QUERY, assistant_prefix=answer_prefix) for it in items
+    ]
+    sep, end = (" " if answer_prefix else ""), (lm.tokenizer.eos_token or "")
+    numeric = all(_number(label) is not None for label in labels)
+    results = []
+    for edit in edits:
+        score = loglik = 0.0
+        for prompt, it in zip(prompts, items, strict=True):
+            gold = it.output.strip()
+            cands = list(labels) if gold in labels else [*labels, gold]
+            row = cached_continuation_logprobs(lm, prompt, [sep + c + end for c in cands], edit)
+            pred = cands[max(range(len(cands)), key=lambda j: (row[j], -j))]
+            loglik += row[cands.index(gold)]
+            p, g = _number(pred), _number(gold)
+            score += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
+        results.append((score / len(items), loglik / len(items)))
+    return results
+
+
 def calibrate_alpha(
     lm: LoadedModel,
     edit: UserEdit,
@@ -72,9 +139,11 @@ def calibrate_alpha(
     *,
     positions_grid: Sequence[str] | None = None,
     answer_prefix: str = "",
+    labels: Sequence[str] = (),
 ) -> Calibration:
     """Pick (positions, α, β) from ``positions_grid`` (default: the edit's positions) × ``grid`` (plus 0)
-    × ``beta_grid`` (default: the edit's β) maximizing held-out log-likelihood.
+    × ``beta_grid`` (default: the edit's β) maximizing held-out log-likelihood, or, with ``labels``,
+    the held-out task score of the answers (the ``answers`` objective; log-likelihood breaks ties).
 
     Ties go to the weaker edit, then to the edit's own positions. α = 0 is scored once (positions do
     not matter without an edit).
@@ -93,14 +162,32 @@ def calibrate_alpha(
         if not (a == 0.0 and b == 0.0 and pos != own)  # no edit at all: the same whatever the positions
     ]
     candidates = [None, *(edit.with_strengths(alpha=a, beta=b, positions=pos) for pos, a, b in keys)]
-    baseline, *values = heldout_logliks(lm, candidates, items, answer_prefix=answer_prefix)
-    scores = dict(zip(keys, values, strict=True))
+    answers: dict[tuple[str, float, float], float] | None = None
+    answer_baseline = None
+    if labels:
+        (answer_baseline, baseline), *pairs = heldout_answer_scores(
+            lm, candidates, items, labels, answer_prefix
+        )
+        answers = {k: m for k, (m, _) in zip(keys, pairs, strict=True)}
+        scores = {k: ll for k, (_, ll) in zip(keys, pairs, strict=True)}
+    else:
+        baseline, *values = heldout_logliks(lm, candidates, items, answer_prefix=answer_prefix)
+        scores = dict(zip(keys, values, strict=True))
 
-    def rank(key: tuple[str, float, float]) -> tuple[float, float, bool]:
+    def rank(key: tuple[str, float, float]) -> tuple[float, float, float, bool]:
         pos, a, b = key
-        return (round(scores[key], 5), -a - b, pos == own)  # 1e-5: scoring paths differ in rounding
+        task = round(answers[key], 6) if answers is not None else 0.0
+        return (task, round(scores[key], 5), -a - b, pos == own)  # 1e-5: scoring paths differ in rounding
 
     best = max(scores, key=rank)
     return Calibration(
-        alpha=best[1], beta=best[2], positions=best[0], scores=scores, n_items=len(items), baseline=baseline
+        alpha=best[1],
+        beta=best[2],
+        positions=best[0],
+        scores=scores,
+        n_items=len(items),
+        baseline=baseline,
+        objective="answers" if answers is not None else "loglik",
+        answer_scores=answers,
+        answer_baseline=answer_baseline,
     )

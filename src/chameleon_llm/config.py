@@ -19,6 +19,7 @@ PersonalEstimator = Literal["svd", "svd-centered", "svd-diff", "mean-diff"]
 NeutralEstimator = Literal["ccs", "mean-diff"]
 LayerRule = Literal["ccs-loss", "band", "validation"]
 EditMode = Literal["project", "add"]
+CalibrationObjective = Literal["loglik", "answers"]
 
 
 class _Stage(BaseModel):
@@ -135,6 +136,18 @@ class EditConfig(_Stage):
         ("all",), description="other positions calibration may choose (empty: only `positions`)"
     )
     calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
+    calibration_objective: CalibrationObjective = Field(
+        "loglik",
+        description="loglik: held-out log-likelihood of the user's answers | answers: how well the "
+        "edited model's first-ranked answer among calibration_labels matches the user's (accuracy, or "
+        "minus the absolute error for numeric labels), log-likelihood breaking ties; without a label "
+        "set (titles) it falls back to loglik",
+    )
+    calibration_labels: tuple[str, ...] = Field(
+        (),
+        description="the answer set for the answers objective (the harness passes the task's labels); "
+        "empty: the distinct answers in the user's history when they look like labels",
+    )
 
 
 class FitConfig(_Stage):

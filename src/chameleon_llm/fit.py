@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .activations import collect_last_token
-from .calibration import calibrate_alpha
+from .calibration import calibrate_alpha, history_labels
 from .config import FitConfig
 from .directions import Directions, estimate, select_layers
 from .edit import UserEdit
@@ -182,12 +182,15 @@ def calibrate_edit(
     timings: dict[str, float],
     progress: Progress | None = None,
 ) -> UserEdit:
-    """Set α by held-out log-likelihood on history items that were not used for pairs."""
+    """Set (positions, α, β) by the calibration objective on history items not used for pairs."""
     used = set(selected)
     heldout = [it for i, it in enumerate(history) if i not in used][: cfg.edit.calibration_items]
     if not heldout:
         stats = {**edit.stats, "calibration": "skipped: every history item was used for pairs"}
         return replace(edit, stats=stats)
+    labels: tuple[str, ...] = ()
+    if cfg.edit.calibration_objective == "answers":
+        labels = cfg.edit.calibration_labels or history_labels(history)
     with _timed(timings, "calibrate", progress):
         cal = calibrate_alpha(
             lm,
@@ -197,23 +200,33 @@ def calibrate_edit(
             cfg.edit.beta_grid,
             positions_grid=cfg.edit.positions_grid,
             answer_prefix=cfg.pairs.answer_prefix,
+            labels=labels,
         )
     several = len({pos for pos, _, _ in cal.scores}) > 1
-    stats = {
-        **edit.stats,
-        "calibration": {
-            "alpha": cal.alpha,
-            "beta": cal.beta,
-            **({"positions": cal.positions} if several else {}),
-            "n_items": cal.n_items,
-            "loglik_base": round(cal.baseline, 5),
-            "loglik_best": round(cal.scores[(cal.positions, cal.alpha, cal.beta)], 5),
-            "loglik_per_token": {
-                (f"{pos}:" if several else "") + f"{a},{b}": round(v, 5)
-                for (pos, a, b), v in cal.scores.items()
-            },
-        },
+
+    def name(key: tuple[str, float, float]) -> str:
+        pos, a, b = key
+        return (f"{pos}:" if several else "") + f"{a},{b}"
+
+    best = (cal.positions, cal.alpha, cal.beta)
+    per = "loglik_per_token" if cal.objective == "loglik" else "loglik_per_answer"
+    record: dict[str, object] = {
+        "alpha": cal.alpha,
+        "beta": cal.beta,
+        **({"positions": cal.positions} if several else {}),
+        "n_items": cal.n_items,
+        "objective": cal.objective,
+        "loglik_base": round(cal.baseline, 5),
+        "loglik_best": round(cal.scores[best], 5),
+        per: {name(k): round(v, 5) for k, v in cal.scores.items()},
     }
+    if cfg.edit.calibration_objective == "answers" and not labels:
+        record["objective_note"] = "answers objective without a label set: fell back to loglik"
+    if cal.answer_scores is not None and cal.answer_baseline is not None:
+        record["answer_score_base"] = round(cal.answer_baseline, 5)
+        record["answer_score_best"] = round(cal.answer_scores[best], 5)
+        record["answer_score"] = {name(k): round(v, 5) for k, v in cal.answer_scores.items()}
+    stats = {**edit.stats, "calibration": record}
     return replace(
         edit.with_strengths(alpha=cal.alpha, beta=cal.beta, positions=cal.positions),
         stats=stats,

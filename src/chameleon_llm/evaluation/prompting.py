@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from chameleon_llm.edit import UserEdit
-from chameleon_llm.generation import GenerationOptions, generate_raw
+from chameleon_llm.generation import GenerationOptions, cached_continuation_logprobs, generate_raw
 from chameleon_llm.lamp.tasks import TaskSpec, extract_query_text
 from chameleon_llm.models import LoadedModel, chat_prompt
-
-from .scoring import cached_continuation_logprobs
 
 # Answer prefixes written into the assistant turn (the model continues after them).
 ANSWER_PREFIXES: dict[str, str] = {

@@ -223,15 +223,23 @@ class Run:
         return out
 
 
-def with_task_prefix(config: EvalConfig, resolved: ResolvedSettings) -> EvalConfig:
-    """With task framing, fit edits after the task's answer prefix (unless the FitConfig sets one)."""
-    pairs = config.fit_config.pairs
-    if config.history_framing != "task" or pairs.answer_prefix or not resolved.answer_prefix:
+def with_task_prefix(
+    config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec | None = None
+) -> EvalConfig:
+    """With task framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
+    with the ``answers`` calibration objective, give calibration the task's labels (unless set)."""
+    if config.history_framing != "task":
         return config
-    fit_config = config.fit_config.model_copy(
-        update={"pairs": pairs.model_copy(update={"answer_prefix": resolved.answer_prefix})}
-    )
-    return replace(config, fit_config=fit_config)
+    fit = config.fit_config
+    if not fit.pairs.answer_prefix and resolved.answer_prefix:
+        fit = fit.model_copy(
+            update={"pairs": fit.pairs.model_copy(update={"answer_prefix": resolved.answer_prefix})}
+        )
+    edit = fit.edit
+    wants = edit.calibration_objective == "answers" and not edit.calibration_labels
+    if wants and spec is not None and spec.kind != "generation" and spec.labels:
+        fit = fit.model_copy(update={"edit": edit.model_copy(update={"calibration_labels": spec.labels})})
+    return config if fit is config.fit_config else replace(config, fit_config=fit)
 
 
 def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -> Run:
@@ -241,7 +249,7 @@ def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -
         raise FileNotFoundError(f"{data_dir} has no outputs.json: golds are needed to evaluate")
     users = select_users(dataset, config.limit_users, config.skip_users)
     resolved = config.settings.resolve(dataset.task)
-    config = with_task_prefix(config, resolved)
+    config = with_task_prefix(config, resolved, dataset.task)
     base_settings = {
         "model": config.model,
         "dtype": config.dtype,
