@@ -8,6 +8,7 @@ import torch
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import (
     GenerationOptions,
+    cached_continuation_logprobs_many,
     continuation_logprobs,
     continuation_logprobs_many,
     generate,
@@ -210,3 +211,19 @@ def test_sampling_is_seeded(llama: LoadedModel) -> None:
     others = {tuple(generate_raw(llama, prompts, None, GenerationOptions(8, 1.5, seed=s))) for s in range(4)}
     assert len(others) > 1
     torch.manual_seed(0)
+
+
+def test_cached_many_equals_one_candidate_at_a_time(lm: LoadedModel, make_edit: EditFactory) -> None:
+    prompt = rendered(lm)[3]
+    labels = [" fox<end>", " lazy dog", " science fiction novels", " 4"]
+    candidates = [
+        None,
+        make_edit(lm, seed=2, alpha=2.0, beta=0.5, positions="all", hook_point="layer"),
+        make_edit(lm, seed=3, alpha=2.0, beta=0.5, positions="generated", hook_point="layer"),
+        make_edit(lm, seed=1, alpha=1.5, beta=0.0, positions="last"),
+    ]
+    many = cached_continuation_logprobs_many(lm, prompt, labels, candidates)
+    for got, edit in zip(many, candidates, strict=True):
+        want = continuation_logprobs(lm, [prompt] * len(labels), labels, edit)
+        assert got == pytest.approx(want, abs=1e-4, rel=1e-5)
+    assert many[3] != pytest.approx(many[0], abs=1e-3)  # the `last` edit moves the scores

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .edit import UserEdit
-from .generation import cached_continuation_logprobs, continuation_logprobs_many
+from .generation import cached_continuation_logprobs_many, continuation_logprobs_many
 from .history import HistoryItem
 from .models import LoadedModel, chat_prompt
 
@@ -115,18 +115,19 @@ def heldout_answer_scores(
     ]
     sep, end = (" " if answer_prefix else ""), (lm.tokenizer.eos_token or "")
     numeric = all(_number(label) is not None for label in labels)
-    results = []
-    for edit in edits:
-        score = loglik = 0.0
-        for prompt, it in zip(prompts, items, strict=True):
-            gold = it.output.strip()
-            cands = list(labels) if gold in labels else [*labels, gold]
-            row = cached_continuation_logprobs(lm, prompt, [sep + c + end for c in cands], edit)
+    score = [0.0] * len(edits)
+    loglik = [0.0] * len(edits)
+    for prompt, it in zip(prompts, items, strict=True):
+        gold = it.output.strip()
+        cands = list(labels) if gold in labels else [*labels, gold]
+        rows = cached_continuation_logprobs_many(lm, prompt, [sep + c + end for c in cands], edits)
+        g = _number(gold)
+        for k, row in enumerate(rows):
             pred = cands[max(range(len(cands)), key=lambda j: (row[j], -j))]
-            loglik += row[cands.index(gold)]
-            p, g = _number(pred), _number(gold)
-            score += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
-        results.append((score / len(items), loglik / len(items)))
+            loglik[k] += row[cands.index(gold)]
+            p = _number(pred)
+            score[k] += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
+    results = [(s / len(items), ll / len(items)) for s, ll in zip(score, loglik, strict=True)]
     return results
 
 

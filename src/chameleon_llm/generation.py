@@ -282,3 +282,58 @@ def cached_continuation_logprobs(
             total += float(logp[i, j - 1, c[j]])
         scores.append(total)
     return scores
+
+
+def cached_continuation_logprobs_many(
+    lm: LoadedModel,
+    prompt: str,
+    continuations: Sequence[str],
+    candidates: Sequence[UserEdit | None],
+) -> list[list[float]]:
+    """:func:`cached_continuation_logprobs` of one prompt under each candidate edit.
+
+    Candidates that leave the prompt unedited up to its last token (``last``/``generated`` or no
+    edit) share one pass over that prefix: each then costs the last prompt token plus the
+    continuations. ``all`` candidates are scored one prompt pass each.
+    """
+    tok = lm.tokenizer
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    key = _cache_kwarg(lm.model)
+    n, p_len = len(c_ids), len(p_ids)
+    results: list[list[float] | None] = [None] * len(candidates)
+    shared = [i for i, e in enumerate(candidates) if e is None or e.positions != "all"]
+    if shared and key is not None and p_len > 1 and n and all(c_ids):
+        split = p_len - 1
+        width = max(len(c) for c in c_ids)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        ids = torch.tensor([[p_ids[-1], *c, *[pad] * (width - len(c))] for c in c_ids], device=lm.device)
+        tail = torch.tensor([[1] * (1 + len(c)) + [0] * (width - len(c)) for c in c_ids], device=lm.device)
+        mask = torch.cat([torch.ones(n, split, dtype=tail.dtype, device=lm.device), tail], dim=1)
+        positions = {k: v[:, split:] for k, v in position_kwargs(lm.model, mask).items()}
+        with torch.inference_mode():
+            cache = DynamicCache()
+            prefix_mask = mask[:1, :split]
+            lm.model(
+                input_ids=torch.tensor([p_ids[:split]], device=lm.device),
+                attention_mask=prefix_mask,
+                use_cache=True,
+                logits_to_keep=1,
+                **{key: cache},
+                **{k: v[:1, :split] for k, v in position_kwargs(lm.model, prefix_mask).items()},
+            )
+            cache.batch_repeat_interleave(n)
+            for i in shared:
+                with steer(lm, candidates[i], batch_size=n, prompt_len=p_len):
+                    logits = lm.model(
+                        input_ids=ids, attention_mask=mask, use_cache=True, **{key: cache}, **positions
+                    ).logits
+                cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
+                logp = torch.log_softmax(logits.float(), dim=-1)
+                results[i] = [
+                    float(sum(logp[j, t, c[t]] for t in range(len(c)))) for j, c in enumerate(c_ids)
+                ]
+    return [
+        r if r is not None else cached_continuation_logprobs(lm, prompt, continuations, e)
+        for r, e in zip(results, candidates, strict=True)
+    ]
