@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from chameleon_llm import calibration
 from chameleon_llm.calibration import calibrate_alpha, heldout_answer_scores, heldout_loglik, history_labels
 from chameleon_llm.evaluation.prompting import score_labels
 from chameleon_llm.history import HistoryItem
@@ -120,13 +121,43 @@ def test_answers_objective_ranks_by_task_score_then_loglik(llama: LoadedModel, m
     base = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
     edit = replace(base, gap=torch.full_like(base.gaps, 3.0))
     labels = ["1", "2", "3", "4", "5"]
-    cal = calibrate_alpha(llama, edit, LABELED, grid=[0.5, 4.0, 16.0], labels=labels, answer_prefix="Score:")
-    assert cal.objective == "answers" and cal.answer_scores is not None
-    assert set(cal.answer_scores) == set(cal.scores)
-    best = (cal.positions, cal.alpha, cal.beta)
-    top = max(cal.answer_scores.values())
-    assert cal.answer_scores[best] == pytest.approx(top)
-    tied = [k for k, v in cal.answer_scores.items() if round(v, 6) == round(top, 6)]
-    assert cal.scores[best] == pytest.approx(max(cal.scores[k] for k in tied), abs=1e-5)
-    assert cal.answer_baseline == pytest.approx(cal.answer_scores[("last", 0.0, 0.0)])
-    assert all(v <= 0 for v in cal.answer_scores.values())  # minus MAE: numeric labels
+    for guard in (False, True):
+        cal = calibrate_alpha(
+            llama, edit, LABELED, grid=[0.5, 4.0, 16.0], labels=labels, answer_prefix="Score:", guard=guard
+        )
+        assert cal.objective == "answers" and cal.answer_scores is not None
+        assert set(cal.answer_scores) == set(cal.scores)
+        assert cal.answer_baseline == pytest.approx(cal.answer_scores[("last", 0.0, 0.0)])
+        assert all(v <= 0 for v in cal.answer_scores.values())  # minus MAE: numeric labels
+        # the guard keeps only edits that leave the user's answers at least as likely as no edit
+        kept = [
+            k for k in cal.scores if not guard or k[1:] == (0.0, 0.0) or cal.scores[k] >= cal.baseline - 1e-5
+        ]
+        best = (cal.positions, cal.alpha, cal.beta)
+        assert best in kept
+        top = max(cal.answer_scores[k] for k in kept)
+        assert cal.answer_scores[best] == pytest.approx(top)
+        tied = [k for k in kept if round(cal.answer_scores[k], 6) == round(top, 6)]
+        assert cal.scores[best] == pytest.approx(max(cal.scores[k] for k in tied), abs=1e-5)
+
+
+def test_guard_excludes_an_edit_that_makes_answers_less_likely(
+    llama: LoadedModel,
+    make_edit,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    edit = make_edit(llama, mode="add", alpha=1.0, beta=0.0)
+
+    def scored(_lm, candidates, *_a, **_k):  # type: ignore[no-untyped-def]
+        # (task score, log-likelihood): no edit; α = 1 answers best but is less likely; α = 0.5 between
+        by_alpha = {None: (-1.0, -5.0), 0.0: (-1.0, -5.0), 1.0: (-0.2, -6.0), 0.5: (-0.5, -4.0)}
+        return [by_alpha[None if c is None else c.alpha] for c in candidates]
+
+    monkeypatch.setattr(calibration, "heldout_answer_scores", scored)
+    labels = ["1", "2"]
+    cal = calibrate_alpha(llama, edit, LABELED, grid=[0.5, 1.0], beta_grid=[0.0], labels=labels)
+    assert cal.alpha == 0.5  # α = 1 is out: it makes the user's answers less likely than no edit
+    loose = calibrate_alpha(
+        llama, edit, LABELED, grid=[0.5, 1.0], beta_grid=[0.0], labels=labels, guard=False
+    )
+    assert loose.alpha == 1.0

@@ -11,7 +11,9 @@ prompt as well for ``all``, from the prompt's last token on for ``last``).
 Objective ``answers`` (for label and rating tasks): a candidate's score is how well the edited model's
 first-ranked answer among a label set matches the user's held-out answers (accuracy, or minus the
 mean absolute error when every label is a number), with the user's answers' log-likelihood breaking
-ties. It optimizes what the task measures rather than a proxy, at the price of a coarser score.
+ties; by default candidates that make the user's answers less likely than no edit are excluded (a
+strong edit that wrecks the text can still rank the right label first). It optimizes what the task
+measures rather than a proxy, at the price of a coarser score.
 """
 
 from __future__ import annotations
@@ -141,10 +143,12 @@ def calibrate_alpha(
     positions_grid: Sequence[str] | None = None,
     answer_prefix: str = "",
     labels: Sequence[str] = (),
+    guard: bool = True,
 ) -> Calibration:
     """Pick (positions, α, β) from ``positions_grid`` (default: the edit's positions) × ``grid`` (plus 0)
     × ``beta_grid`` (default: the edit's β) maximizing held-out log-likelihood, or, with ``labels``,
-    the held-out task score of the answers (the ``answers`` objective; log-likelihood breaks ties).
+    the held-out task score of the answers (the ``answers`` objective; log-likelihood breaks ties;
+    with ``guard`` only among edits that do not make the user's answers less likely than no edit).
 
     Ties go to the weaker edit, then to the edit's own positions. α = 0 is scored once (positions do
     not matter without an edit).
@@ -175,10 +179,13 @@ def calibrate_alpha(
         baseline, *values = heldout_logliks(lm, candidates, items, answer_prefix=answer_prefix)
         scores = dict(zip(keys, values, strict=True))
 
-    def rank(key: tuple[str, float, float]) -> tuple[float, float, float, bool]:
+    def rank(key: tuple[str, float, float]) -> tuple[bool, float, float, float, bool]:
         pos, a, b = key
         task = round(answers[key], 6) if answers is not None else 0.0
-        return (task, round(scores[key], 5), -a - b, pos == own)  # 1e-5: scoring paths differ in rounding
+        # answers objective: an edit that makes the user's answers less likely than no edit is out
+        # (without this guard strong edits that wreck the text can still rank the right label first)
+        kept = answers is None or not guard or round(scores[key], 5) >= round(baseline, 5) or a == b == 0.0
+        return (kept, task, round(scores[key], 5), -a - b, pos == own)  # 1e-5: paths differ in rounding
 
     best = max(scores, key=rank)
     return Calibration(

@@ -143,6 +143,11 @@ class EditConfig(_Stage):
         "minus the absolute error for numeric labels), log-likelihood breaking ties; without a label "
         "set (titles) it falls back to loglik",
     )
+    calibration_guard: bool = Field(
+        True,
+        description="answers objective: exclude edits that make the user's held-out answers less likely "
+        "than no edit (strong edits that wreck the text can still rank the right label first)",
+    )
     calibration_labels: tuple[str, ...] = Field(
         (),
         description="the answer set for the answers objective (the harness passes the task's labels); "

@@ -201,6 +201,7 @@ def calibrate_edit(
             positions_grid=cfg.edit.positions_grid,
             answer_prefix=cfg.pairs.answer_prefix,
             labels=labels,
+            guard=cfg.edit.calibration_guard,
         )
     several = len({pos for pos, _, _ in cal.scores}) > 1
 
