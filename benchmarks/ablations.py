@@ -28,6 +28,11 @@ ROWS = {
     "quality_last_only.json": "previous default (`--preset last-only`): edit from the last prompt token",
     "quality.json": "**default**: calibration also chooses positions (last or all), α up to 2",
     "quality_heldout_users.json": "**default** on users 7–12 (no ablation saw them)",
+    "ablation_answers_unguarded.json": "default + calibration objective `answers` without the likelihood "
+    "guard (users 1–12)",
+    "ablation_answers_objective.json": "default + calibration objective `answers`, guarded (users 1–12)",
+    "ablation_calibration_items16.json": "default + 16 calibration items (users 1–12)",
+    "quality_all_users.json": "**default** on every bench user up to 12 (users 1–12; wine 11, paper 7)",
 }
 
 
