@@ -129,8 +129,7 @@ def heldout_answer_scores(
             loglik[k] += row[cands.index(gold)]
             p = _number(pred)
             score[k] += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
-    results = [(s / len(items), ll / len(items)) for s, ll in zip(score, loglik, strict=True)]
-    return results
+    return [(s / len(items), ll / len(items)) for s, ll in zip(score, loglik, strict=True)]
 
 
 def calibrate_alpha(
