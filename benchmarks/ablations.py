@@ -32,6 +32,7 @@ ROWS = {
     "guard (users 1–12)",
     "ablation_answers_objective.json": "default + calibration objective `answers`, guarded (users 1–12)",
     "ablation_calibration_items16.json": "default + 16 calibration items (users 1–12)",
+    "ablation_context_calibrated.json": "default + pairs.source=context (in-context vector) (users 1–12)",
     "quality_all_users.json": "**default** on every bench user up to 12 (users 1–12; wine 11, paper 7)",
 }
 
