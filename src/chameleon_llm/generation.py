@@ -226,62 +226,10 @@ def cached_continuation_logprobs(
 ) -> list[float]:
     """Summed log-probability of each continuation after ``prompt`` (one edit for all of them).
 
-    The numbers of :func:`continuation_logprobs`, about L times cheaper for L continuations: one
-    forward over the prompt (edited as there: the prompt ends at the same absolute position), then
-    the KV cache is repeated once per continuation and all are scored in one batch.
+    The numbers of :func:`continuation_logprobs`, about L times cheaper for L continuations (see
+    :func:`cached_continuation_logprobs_many`).
     """
-    tok = lm.tokenizer
-    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    c_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
-    if not p_ids:
-        raise ValueError("empty prompt")
-    n = len(continuations)
-    if n == 0:
-        return []
-    p_len = len(p_ids)
-    device = lm.device
-    prompt_ids = torch.tensor([p_ids], device=device)
-    prompt_mask = torch.ones_like(prompt_ids)
-    with torch.inference_mode():
-        with steer(lm, [edit], batch_size=1, prompt_len=p_len):
-            out = lm.model(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                use_cache=True,
-                **position_kwargs(lm.model, prompt_mask),
-            )
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        width = max(len(c) for c in c_ids)
-        if width == 0:
-            return [0.0] * n
-        cache = getattr(out, "cache", None) or out.past_key_values
-        cache.batch_repeat_interleave(n)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.tensor([c + [pad] * (width - len(c)) for c in c_ids], device=device)
-        cont_mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in c_ids], device=device)
-        full_mask = torch.cat([prompt_mask.expand(n, -1), cont_mask], dim=1)
-        positions = position_kwargs(lm.model, full_mask)
-        if positions:
-            positions = {"position_ids": positions["position_ids"][:, p_len:]}
-        with steer(lm, [edit] * n, batch_size=n, prompt_len=p_len):
-            logits = lm.model(
-                input_ids=ids,
-                attention_mask=full_mask,
-                use_cache=True,
-                **{_cache_kwarg(lm.model) or "past_key_values": cache},
-                **positions,
-            ).logits.float()
-        logp = torch.log_softmax(logits, dim=-1)
-    scores = []
-    for i, c in enumerate(c_ids):
-        if not c:
-            scores.append(0.0)
-            continue
-        total = float(first[c[0]])
-        for j in range(1, len(c)):
-            total += float(logp[i, j - 1, c[j]])
-        scores.append(total)
-    return scores
+    return cached_continuation_logprobs_many(lm, prompt, continuations, [edit])[0]
 
 
 def cached_continuation_logprobs_many(
@@ -290,50 +238,67 @@ def cached_continuation_logprobs_many(
     continuations: Sequence[str],
     candidates: Sequence[UserEdit | None],
 ) -> list[list[float]]:
-    """:func:`cached_continuation_logprobs` of one prompt under each candidate edit.
+    """:func:`continuation_logprobs` of each continuation after one prompt, under each candidate edit.
 
-    Candidates that leave the prompt unedited up to its last token (``last``/``generated`` or no
-    edit) share one pass over that prefix: each then costs the last prompt token plus the
-    continuations. ``all`` candidates are scored one prompt pass each.
+    One forward over the prompt but its last token (edited as ``continuation_logprobs`` edits it: the
+    prompt ends at the same absolute position), its KV cache repeated once per continuation, then one
+    batch of the last prompt token plus every continuation. Candidates that leave the prompt unedited
+    up to its last token (``last``/``generated`` or no edit) share that prefix pass; an ``all``
+    candidate needs its own.
     """
     tok = lm.tokenizer
     p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     c_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in continuations]
+    if not p_ids:
+        raise ValueError("empty prompt")
     key = _cache_kwarg(lm.model)
+    if not c_ids or key is None or len(p_ids) < 2:  # nothing to share: score every row in full
+        return [continuation_logprobs(lm, [prompt] * len(c_ids), continuations, e) for e in candidates]
     n, p_len = len(c_ids), len(p_ids)
-    results: list[list[float] | None] = [None] * len(candidates)
-    shared = [i for i, e in enumerate(candidates) if e is None or e.positions != "all"]
-    if shared and key is not None and p_len > 1 and n and all(c_ids):
-        split = p_len - 1
-        width = max(len(c) for c in c_ids)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        ids = torch.tensor([[p_ids[-1], *c, *[pad] * (width - len(c))] for c in c_ids], device=lm.device)
-        tail = torch.tensor([[1] * (1 + len(c)) + [0] * (width - len(c)) for c in c_ids], device=lm.device)
-        mask = torch.cat([torch.ones(n, split, dtype=tail.dtype, device=lm.device), tail], dim=1)
-        positions = {k: v[:, split:] for k, v in position_kwargs(lm.model, mask).items()}
-        with torch.inference_mode():
-            cache = DynamicCache()
-            prefix_mask = mask[:1, :split]
+    split = p_len - 1
+    width = max(len(c) for c in c_ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    ids = torch.tensor([[p_ids[-1], *c, *[pad] * (width - len(c))] for c in c_ids], device=lm.device)
+    tail = torch.tensor([[1] * (1 + len(c)) + [0] * (width - len(c)) for c in c_ids], device=lm.device)
+    mask = torch.cat([torch.ones(n, split, dtype=tail.dtype, device=lm.device), tail], dim=1)
+    positions = position_kwargs(lm.model, mask)
+    prefix_ids = torch.tensor([p_ids[:split]], device=lm.device)
+
+    def prefix_cache(edit: UserEdit | None) -> DynamicCache:
+        cache = DynamicCache()
+        with steer(lm, edit, batch_size=1, prompt_len=p_len):
             lm.model(
-                input_ids=torch.tensor([p_ids[:split]], device=lm.device),
-                attention_mask=prefix_mask,
+                input_ids=prefix_ids,
+                attention_mask=mask[:1, :split],
                 use_cache=True,
                 logits_to_keep=1,
                 **{key: cache},
-                **{k: v[:1, :split] for k, v in position_kwargs(lm.model, prefix_mask).items()},
+                **{k: v[:1, :split] for k, v in positions.items()},
             )
-            cache.batch_repeat_interleave(n)
-            for i in shared:
-                with steer(lm, candidates[i], batch_size=n, prompt_len=p_len):
-                    logits = lm.model(
-                        input_ids=ids, attention_mask=mask, use_cache=True, **{key: cache}, **positions
-                    ).logits
-                cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
-                logp = torch.log_softmax(logits.float(), dim=-1)
-                results[i] = [
-                    float(sum(logp[j, t, c[t]] for t in range(len(c)))) for j, c in enumerate(c_ids)
-                ]
-    return [
-        r if r is not None else cached_continuation_logprobs(lm, prompt, continuations, e)
-        for r, e in zip(results, candidates, strict=True)
-    ]
+        cache.batch_repeat_interleave(n)
+        return cache
+
+    def score(edit: UserEdit | None, cache: DynamicCache) -> list[float]:
+        with steer(lm, edit, batch_size=n, prompt_len=p_len):
+            logits = lm.model(
+                input_ids=ids,
+                attention_mask=mask,
+                use_cache=True,
+                **{key: cache},
+                **{k: v[:, split:] for k, v in positions.items()},
+            ).logits
+        cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        return [float(sum(logp[j, t, c[t]] for t in range(len(c)))) for j, c in enumerate(c_ids)]
+
+    shared: DynamicCache | None = None
+    results = []
+    with torch.inference_mode():
+        for edit in candidates:
+            if edit is not None and edit.positions == "all":
+                results.append(score(edit, prefix_cache(edit)))
+                continue
+            if shared is None:
+                shared = prefix_cache(None)
+            results.append(score(edit, shared))
+    return results
