@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from .edit import UserEdit
 from .generation import cached_continuation_logprobs_many, continuation_logprobs_many
 from .history import HistoryItem
-from .models import LoadedModel, chat_prompt
+from .models import LoadedModel, chat_prompt, complete_answer
 
 DEFAULT_QUERY = "Write something in your usual style."
 
@@ -44,6 +44,12 @@ class Calibration:
     answer_baseline: float | None = None
 
 
+def _prompts(lm: LoadedModel, items: Sequence[HistoryItem], answer_prefix: str) -> list[str]:
+    return [
+        chat_prompt(lm, it.input.strip() or DEFAULT_QUERY, assistant_prefix=answer_prefix) for it in items
+    ]
+
+
 def heldout_logliks(
     lm: LoadedModel,
     edits: Sequence[UserEdit | None],
@@ -53,11 +59,9 @@ def heldout_logliks(
 ) -> list[float]:
     """Per candidate edit: the mean per-token log-likelihood of the items' outputs (then end-of-turn)
     given their inputs and the answer prefix (candidates share the unedited prompt pass)."""
-    prompts = [
-        chat_prompt(lm, it.input.strip() or DEFAULT_QUERY, assistant_prefix=answer_prefix) for it in items
-    ]
-    end = lm.tokenizer.eos_token or ""
-    outputs = [(" " if answer_prefix else "") + it.output[:max_chars].strip() + end for it in items]
+    prompts = _prompts(lm, items, answer_prefix)
+    prefixed = bool(answer_prefix)
+    outputs = [complete_answer(lm, it.output[:max_chars].strip(), prefixed=prefixed) for it in items]
     n_tokens = [max(1, len(lm.tokenizer(o, add_special_tokens=False)["input_ids"])) for o in outputs]
     per_edit = continuation_logprobs_many(lm, prompts, outputs, edits)
     return [sum(lp / n for lp, n in zip(logps, n_tokens, strict=True)) / len(items) for logps in per_edit]
@@ -112,17 +116,16 @@ def heldout_answer_scores(
     """
     if not items or not labels:
         raise ValueError("answer scoring needs held-out items and a label set")
-    prompts = [
-        chat_prompt(lm, it.input.strip() or DEFAULT_QUERY, assistant_prefix=answer_prefix) for it in items
-    ]
-    sep, end = (" " if answer_prefix else ""), (lm.tokenizer.eos_token or "")
+    prompts = _prompts(lm, items, answer_prefix)
+    prefixed = bool(answer_prefix)
     numeric = all(_number(label) is not None for label in labels)
     score = [0.0] * len(edits)
     loglik = [0.0] * len(edits)
     for prompt, it in zip(prompts, items, strict=True):
         gold = it.output.strip()
         cands = list(labels) if gold in labels else [*labels, gold]
-        rows = cached_continuation_logprobs_many(lm, prompt, [sep + c + end for c in cands], edits)
+        conts = [complete_answer(lm, c, prefixed=prefixed) for c in cands]
+        rows = cached_continuation_logprobs_many(lm, prompt, conts, edits)
         g = _number(gold)
         for k, row in enumerate(rows):
             pred = cands[max(range(len(cands)), key=lambda j: (row[j], -j))]

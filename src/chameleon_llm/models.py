@@ -254,6 +254,12 @@ def chat_prompt(lm: LoadedModel, user: str, *, system: str | None = None, assist
     return render_messages(lm, messages) + assistant_prefix
 
 
+def complete_answer(lm: LoadedModel, answer: str, *, prefixed: bool = False) -> str:
+    """``answer`` as a whole assistant turn to score: after a space when an answer prefix precedes it,
+    then the end-of-turn token (so an answer that does not end pays for it)."""
+    return f"{' ' if prefixed else ''}{answer}{lm.tokenizer.eos_token or ''}"
+
+
 def render_messages(
     lm: LoadedModel, messages: Sequence[Message], *, add_generation_prompt: bool = True
 ) -> str:

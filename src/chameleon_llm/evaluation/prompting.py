@@ -16,7 +16,7 @@ from typing import Any
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import GenerationOptions, cached_continuation_logprobs, generate_raw
 from chameleon_llm.lamp.tasks import TaskSpec, extract_query_text
-from chameleon_llm.models import LoadedModel, chat_prompt
+from chameleon_llm.models import LoadedModel, chat_prompt, complete_answer
 
 # Answer prefixes written into the assistant turn (the model continues after them).
 ANSWER_PREFIXES: dict[str, str] = {
@@ -104,12 +104,6 @@ def render(lm: LoadedModel, message: str, settings: ResolvedSettings) -> str:
     return chat_prompt(lm, message, assistant_prefix=settings.answer_prefix)
 
 
-def _label_continuation(lm: LoadedModel, label: str, prefixed: bool) -> str:
-    """``label`` as a complete answer: after a space when a prefix precedes it, then end-of-turn."""
-    end = lm.tokenizer.eos_token or ""
-    return f"{' ' if prefixed else ''}{label}{end}"
-
-
 def score_labels(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -125,7 +119,7 @@ def score_labels(
     the prompt run once (:func:`cached_continuation_logprobs`). Ties go to the label listed first.
     """
     rows_edits = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
-    conts = [_label_continuation(lm, label, prefixed) for label in labels]
+    conts = [complete_answer(lm, label, prefixed=prefixed) for label in labels]
     chosen = []
     for prompt, edit in zip(prompts, rows_edits, strict=True):
         row = cached_continuation_logprobs(lm, prompt, conts, edit)
