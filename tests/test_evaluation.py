@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 import pytest
 from typer.testing import CliRunner
 
+from chameleon_llm.config import FitConfig
 from chameleon_llm.evaluation import (
     METHODS,
     EvalConfig,
@@ -482,6 +483,22 @@ def test_bench_fit_profiles_exclude_queries() -> None:
             texts = {str(item.get("text")) for item in profile}
             for q in queries:
                 assert not any(t and t in q.input for t in texts if len(t) > 40)
+
+
+def test_answers_objective_gets_the_task_labels(tmp_path: Path) -> None:
+    data = news_category(tmp_path / "data")
+    answers = FitConfig.from_overrides({"edit.calibration_objective": "answers"})
+    run = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"], fit_config=answers))
+    assert run.config.fit_config.edit.calibration_labels == run.dataset.task.labels
+    # the default objective is left alone (its checkpoints keep their key)
+    plain = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"]))
+    assert plain.config.fit_config.edit.calibration_labels == ()
+    # a label set the FitConfig gives is kept
+    given = answers.model_copy(
+        update={"edit": answers.edit.model_copy(update={"calibration_labels": ("a",)})}
+    )
+    kept = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"], fit_config=given))
+    assert kept.config.fit_config.edit.calibration_labels == ("a",)
 
 
 def test_task_framing_fits_in_the_answering_context(

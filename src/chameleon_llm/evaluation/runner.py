@@ -223,9 +223,7 @@ class Run:
         return out
 
 
-def with_task_prefix(
-    config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec | None = None
-) -> EvalConfig:
+def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec) -> EvalConfig:
     """With task framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
     with the ``answers`` calibration objective, give calibration the task's labels (unless set)."""
     if config.history_framing != "task":
@@ -237,7 +235,7 @@ def with_task_prefix(
         )
     edit = fit.edit
     wants = edit.calibration_objective == "answers" and not edit.calibration_labels
-    if wants and spec is not None and spec.kind != "generation" and spec.labels:
+    if wants and spec.kind != "generation" and spec.labels:
         fit = fit.model_copy(update={"edit": edit.model_copy(update={"calibration_labels": spec.labels})})
     return config if fit is config.fit_config else replace(config, fit_config=fit)
 
@@ -249,7 +247,7 @@ def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -
         raise FileNotFoundError(f"{data_dir} has no outputs.json: golds are needed to evaluate")
     users = select_users(dataset, config.limit_users, config.skip_users)
     resolved = config.settings.resolve(dataset.task)
-    config = with_task_prefix(config, resolved, dataset.task)
+    config = with_task_context(config, resolved, dataset.task)
     base_settings = {
         "model": config.model,
         "dtype": config.dtype,
