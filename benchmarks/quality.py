@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--history-framing",
         default="task",
-        choices=["task", "raw"],
+        choices=["task", "raw", "rag"],
         help="profile items as fitted methods see them",
     )
     p.add_argument("--k", type=int, default=4, help="rag: profile items retrieved")

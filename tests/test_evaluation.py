@@ -26,6 +26,7 @@ from chameleon_llm.evaluation import (
     score_labels,
 )
 from chameleon_llm.evaluation.methods import MethodContext, Prior
+from chameleon_llm.evaluation.runner import Run, read_checkpoint
 from chameleon_llm.fit import FitResult
 from chameleon_llm.generation import cached_continuation_logprobs, continuation_logprobs
 from chameleon_llm.insights import Insights
@@ -67,7 +68,7 @@ def _write(folder: Path, task: str, queries: list[dict[str, Any]], golds: dict[s
     return folder
 
 
-def news_category(folder: Path, n_users: int = 3) -> Path:
+def news_category(folder: Path, n_users: int = 3, n_items: int = 4) -> Path:
     """LaMP_2N, time-based: per user two queries; the later one's profile also holds the earlier query."""
     labels = list(LAMP2_NEWS_LABELS)
     queries, golds = [], {}
@@ -78,9 +79,9 @@ def news_category(folder: Path, n_users: int = 3) -> Path:
                 "text": f"{WORDS[(u + i) % len(WORDS)]} story {i}",
                 "title": f"T{i}",
                 "category": labels[(u + i) % 3],
-                "date": f"2020-01-0{i + 1}",
+                "date": f"2020-01-{i + 1:02d}",
             }
-            for i in range(4)
+            for i in range(n_items)
         ]
         first = {
             "id": f"u{u}-q0",
@@ -93,7 +94,7 @@ def news_category(folder: Path, n_users: int = 3) -> Path:
             "text": f"{WORDS[u]} fox news",
             "title": "x",
             "category": labels[u % 3],
-            "date": "2020-01-09",
+            "date": "2020-02-01",
         }
         second = {
             "id": f"u{u}-q1",
@@ -526,3 +527,103 @@ def test_task_framing_fits_in_the_answering_context(
     items, fit_cfg = seen[0]
     assert not any(it.input.startswith("Which category") for it in items)
     assert fit_cfg.pairs.answer_prefix == ""
+
+
+def test_rag_framing_fits_each_item_with_its_retrieved_neighbours(
+    tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any]
+) -> None:
+    data = news_category(tmp_path / "data", n_users=1)
+    seen: list[Any] = []
+
+    def recording_fit(lm: LoadedModel, items: Sequence[Any], cfg: Any, cache: Any = True) -> FitResult:
+        seen.append((list(items), cfg))
+        return fake_fit(make_edit, [])(lm, items, cfg, cache)
+
+    two = EvalSettings(rag_k=2)
+    cfg = EvalConfig(methods=["chameleon_rag"], settings=two, bootstrap=20, history_framing="rag")
+    res = evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=recording_fit)
+    items, fit_cfg = seen[0]
+    run = prepare_run(data, tmp_path / "run", cfg)
+    profile = fit_profile(next(iter(run.users.values())))
+    assert len(items) == len(profile) == 4
+    for i, item in enumerate(items):
+        own = f"article: {profile[i]['text']}"
+        # the item's own query comes last, preceded by two of the OTHER items and their categories
+        assert item.input.endswith(own)
+        assert item.input.count('the category for the article: "') == 2
+        assert f'"{profile[i]["text"]}" is' not in item.input
+    assert fit_cfg.pairs.answer_prefix == "Category:" and res["config"]["history_framing"] == "rag"
+    # a framing is part of the checkpoint key: task framing answers again
+    task = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon_rag"], settings=two))
+    assert task.digest("chameleon_rag") != run.digest("chameleon_rag")
+    assert task.digest("rag") == run.digest("rag")  # methods without a fit are unaffected
+
+
+def test_cli_rejects_an_unknown_framing(tmp_path: Path) -> None:
+    from chameleon_llm.cli import app
+
+    data = news_category(tmp_path / "data")
+    bad = CliRunner().invoke(
+        app, ["eval", "--data", str(data), "--out", str(tmp_path / "o"), "--history-framing", "retrieval"]
+    )
+    assert bad.exit_code != 0 and "rag" in bad.output
+
+
+def _info(run: Run, method: str, user: str) -> dict[str, Any]:
+    data = read_checkpoint(run.checkpoint(method, user))
+    assert data is not None, f"no checkpoint for {method} {user}"
+    return dict(data["info"])
+
+
+def test_chameleon_auto_chooses_the_context_on_held_out_profile_items(
+    tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any]
+) -> None:
+    data = news_category(tmp_path / "data", n_users=1, n_items=10)
+    calls: list[list[str]] = []
+    cfg = EvalConfig(methods=["chameleon_auto"], settings=EvalSettings(rag_k=2), bootstrap=20)
+    evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=fake_fit(make_edit, calls))
+    # two fits: the task-framed history and the rag-framed one (every item with two retrieved others)
+    assert len(calls) == 2 and [len(c) for c in calls] == [10, 10]
+    framed = [sum("the category for the article" in row for row in c) for c in calls]
+    assert sorted(framed) == [0, 10]
+    run = prepare_run(data, tmp_path / "run", cfg)
+    (user,) = run.users
+    info = _info(run, "chameleon_auto", user)
+    # the fake fits use the first 4 items for pairs: the other 6 validate, scored by accuracy
+    assert info["validation_items"] == 6
+    val = info["validation"]
+    assert val["metric"] == "accuracy" and 0 <= val["plain"] <= 1 and 0 <= val["rag"] <= 1
+    assert info["context"] == ("rag" if val["rag"] > val["plain"] else "plain")
+
+
+@pytest.mark.parametrize(("scores", "context"), [((0.5, 0.75), "rag"), ((0.5, 0.5), "plain")])
+def test_chameleon_auto_uses_retrieval_only_when_it_validates_better(
+    tmp_path: Path,
+    llama: LoadedModel,
+    make_edit: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    scores: tuple[float, float],
+    context: str,
+) -> None:
+    from chameleon_llm.evaluation import methods
+
+    data = news_category(tmp_path / "data", n_users=1, n_items=10)
+    given = iter(scores)
+    monkeypatch.setattr(methods.ChameleonAuto, "_score", lambda self, *a: next(given))
+    asked: list[list[str]] = []
+    real = methods.answer_messages
+
+    def spy(lm: Any, spec: Any, messages: Sequence[str], *rest: Any) -> list[str]:
+        asked.append(list(messages))
+        return real(lm, spec, messages, *rest)
+
+    monkeypatch.setattr(methods, "answer_messages", spy)
+    cfg = EvalConfig(methods=["chameleon_auto"], settings=EvalSettings(rag_k=2), bootstrap=20)
+    evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=fake_fit(make_edit, []))
+    run = prepare_run(data, tmp_path / "run", cfg)
+    (user,) = run.users
+    assert _info(run, "chameleon_auto", user)["context"] == context
+    # the queries are asked with retrieved profile items exactly when retrieval won
+    assert len(asked) == 1
+    retrieved = ['the category for the article: "' in m for m in asked[0]]
+    assert all(retrieved) if context == "rag" else not any(retrieved)

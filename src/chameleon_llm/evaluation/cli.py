@@ -8,11 +8,10 @@ from typing import Annotated
 
 import typer
 
-from chameleon_llm.lamp.data import FRAMINGS, HistoryFraming
 from chameleon_llm.models import DEFAULT_MODEL
 
 from .prompting import EvalSettings
-from .runner import DEFAULT_METHODS, EvalConfig
+from .runner import DEFAULT_METHODS, EVAL_FRAMINGS, EvalConfig, EvalFraming
 
 
 def parse_methods(text: str) -> list[str]:
@@ -76,7 +75,8 @@ def register(app: typer.Typer) -> None:
         history_framing: Annotated[
             str,
             typer.Option(
-                help="how fitted methods see profile items: task (wrapped in the task's instruction) | raw"
+                help="how fitted methods see profile items: task (wrapped in the task's instruction) | "
+                "rag (task, plus the item's k most relevant other items as rag shows them) | raw"
             ),
         ] = "task",
         no_pair_cache: Annotated[
@@ -128,8 +128,10 @@ def register(app: typer.Typer) -> None:
             Console(stderr=True).print(f"[green]wrote[/green] {out / 'results.json'}, results.md, plots/")
 
 
-def _framing(value: str) -> HistoryFraming:
+def _framing(value: str) -> EvalFraming:
     """Validate ``--history-framing``."""
-    if value not in FRAMINGS:
-        raise typer.BadParameter(f"{value!r} is not a history framing; use one of: {', '.join(FRAMINGS)}")
+    if value not in EVAL_FRAMINGS:
+        raise typer.BadParameter(
+            f"{value!r} is not a history framing; use one of: {', '.join(EVAL_FRAMINGS)}"
+        )
     return value  # type: ignore[return-value]

@@ -24,13 +24,21 @@ from typing import Any, Protocol
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import EditFileError, UserEdit, atomic_write_text
 from chameleon_llm.fit import FitError, FitResult, fit_user, pair_texts
-from chameleon_llm.history import HistoryError, HistoryItem, history_fingerprint, parse_history
+from chameleon_llm.history import (
+    DEFAULT_MAX_CHARS,
+    HistoryError,
+    HistoryItem,
+    history_fingerprint,
+    parse_history,
+)
 from chameleon_llm.lamp.data import LampQuery
+from chameleon_llm.lamp.metrics import aggregate, per_query_scores
 from chameleon_llm.lamp.tasks import TaskSpec
 from chameleon_llm.models import LoadedModel
 from chameleon_llm.pairs import Pair
 
 from .prompting import ResolvedSettings, answer_messages, rag_message, retrieve
+from .stats import higher_is_better
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,8 @@ class MethodContext:
     fit_config: FitConfig
     load_lm: Callable[[], LoadedModel]
     fits: FitStore | None = None
+    rag_fits: FitStore | None = None  # fits of rag-framed histories (long inputs kept)
+    frame: Callable[[str, str], list[dict[str, Any]]] | None = None  # (user, framing) -> fit history
 
     @property
     def lm(self) -> LoadedModel:
@@ -102,14 +112,15 @@ def create_method(name: str, ctx: MethodContext) -> Method:
 # --------------------------------------------------------------------------- fitted users
 
 
-def history_items(profile_history: History) -> list[HistoryItem]:
-    """Profile history as core history items (items with an empty output are dropped)."""
+def history_items(profile_history: History, max_chars: int = DEFAULT_MAX_CHARS) -> list[HistoryItem]:
+    """Profile history as core history items (items with an empty output are dropped; longer texts
+    are cut at ``max_chars``)."""
     usable = [dict(h) for h in profile_history if str(h.get("output", "")).strip()]
     if not usable:
         return []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # long items are truncated by the core; that is expected here
-        return parse_history(usable, source="profile")
+        return parse_history(usable, source="profile", max_chars=max_chars)
 
 
 @dataclass
@@ -141,6 +152,7 @@ class FitStore:
     Files: ``<key>.safetensors`` (the edit) and ``<key>.json`` (pairs, timings, error), both written
     atomically, the JSON last; a present JSON means the fit is done. The core's pair cache is used too
     (``pair_cache``), so a refit with other direction/edit settings skips the text generation.
+    History texts are cut at ``max_item_chars`` (raised for inputs carrying retrieved items).
     """
 
     def __init__(
@@ -151,8 +163,10 @@ class FitStore:
         *,
         fit_fn: FitFn = fit_user,
         pair_cache: bool | Path = True,
+        max_item_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
         self.load_lm, self.config, self.root = load_lm, config, root
+        self.max_item_chars = max_item_chars
         self.fit_fn, self.pair_cache = fit_fn, pair_cache
         self._memory: dict[str, UserFit] = {}
         self.fits_run = 0
@@ -165,7 +179,7 @@ class FitStore:
         return f"{safe_name(user_id)}-{digest}"
 
     def get(self, user_id: str, profile_history: History) -> UserFit:
-        items = history_items(profile_history)
+        items = history_items(profile_history, self.max_item_chars)
         key = self.key(user_id, items)
         if key in self._memory:
             return self._memory[key]
@@ -310,6 +324,74 @@ class ChameleonRag(Chameleon):
 
     name = "chameleon_rag"
     rag = True
+
+
+@register_method("chameleon_auto")
+class ChameleonAuto(Chameleon):
+    """Chameleon with or without retrieval, chosen per user from the user's own profile.
+
+    Two edits are fitted: one on the task-framed history (answered with the plain prompt, as
+    ``chameleon``) and one on the rag-framed history (answered with the rag prompt, as
+    ``chameleon_rag``, but fitted and calibrated in that context). Each is scored with the task's
+    metric on the last ``validation_items`` profile items not used for pairs, every item asked as a
+    query in its context; retrieval is used only when it scores strictly better.
+    """
+
+    name = "chameleon_auto"
+    validation_items = 8
+
+    def prepare_user(self, user_id: str, profile_history: History) -> UserState:
+        fits, rag_fits, frame = self.ctx.fits, self.ctx.rag_fits, self.ctx.frame
+        if fits is None or rag_fits is None or frame is None:
+            raise RuntimeError("chameleon_auto needs both fit stores and a framing function in its context")
+        plain_h, rag_h = frame(user_id, "task"), frame(user_id, "rag")
+        plain, rag = fits.get(user_id, plain_h), rag_fits.get(user_id, rag_h)
+        start = time.perf_counter()
+        used = {p.query for p in (*plain.pairs, *rag.pairs)}  # pair queries: cut and stripped
+
+        def free(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+            return (
+                bool(str(a.get("output", "")).strip())
+                and str(a["input"])[: fits.max_item_chars].strip() not in used
+                and str(b["input"])[: rag_fits.max_item_chars].strip() not in used
+            )
+
+        usable = [i for i, (a, b) in enumerate(zip(plain_h, rag_h, strict=True)) if free(a, b)]
+        chosen = usable[-self.validation_items :]
+        info: dict[str, Any] = {"plain": plain.info(), "rag": rag.info(), "validation_items": len(chosen)}
+        use_rag = False
+        if chosen:
+            golds = {str(i): str(plain_h[i]["output"]).strip() for i in chosen}
+            plain_score = self._score([plain_h[i]["input"] for i in chosen], plain.edit, golds)
+            rag_score = self._score([rag_h[i]["input"] for i in chosen], rag.edit, golds)
+            use_rag = rag_score > plain_score if higher_is_better(self.primary) else rag_score < plain_score
+            info["validation"] = {"metric": self.primary, "plain": plain_score, "rag": rag_score}
+        info["context"] = "rag" if use_rag else "plain"
+        seconds = plain.fit_seconds + rag.fit_seconds + time.perf_counter() - start
+        return UserState(user_id, round(seconds, 3), info, (use_rag, rag if use_rag else plain))
+
+    @property
+    def primary(self) -> str:
+        return self.ctx.spec.metrics[0]
+
+    def _score(self, messages: list[str], edit: UserEdit | None, golds: dict[str, str]) -> float:
+        """The task's primary metric of the answers to ``messages`` (in ``golds`` order)."""
+        from chameleon_llm.evaluation.runner import scored_prediction
+
+        spec = self.ctx.spec
+        raw = answer_messages(self.ctx.lm, spec, messages, self.ctx.settings, edit)
+        preds = {qid: scored_prediction(spec, text) for qid, text in zip(golds, raw, strict=True)}
+        rows = per_query_scores(spec, preds, golds)
+        return round(aggregate(spec, rows.values())[self.primary], 6)
+
+    def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]:
+        use_rag, fit = state.payload
+        ctx = self.ctx
+        if use_rag:
+            msgs = [rag_message(ctx.lm, ctx.spec, q.input, q.profile, ctx.settings) for q in queries]
+        else:
+            msgs = [q.input for q in queries]
+        return answer_messages(ctx.lm, ctx.spec, msgs, ctx.settings, fit.edit)
 
 
 class _PeerMethod(Chameleon):

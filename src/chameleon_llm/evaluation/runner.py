@@ -29,12 +29,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import atomic_write_text
 from chameleon_llm.lamp.data import (
-    HistoryFraming,
+    FRAMINGS,
     LampDataset,
     LampQuery,
     load_task_dir,
@@ -53,9 +53,16 @@ from .methods import (
     create_method,
     safe_name,
 )
-from .prompting import EvalSettings, ResolvedSettings
+from .prompting import EvalSettings, ResolvedSettings, rag_message
 
 log = logging.getLogger(__name__)
+
+# How fitted methods see the fit profile: the core framings, or "rag": the task framing with each
+# item's k most relevant other profile items retrieved into it (the prompt rag and chameleon_rag
+# answer with), so the edit is fitted and calibrated in the context it is applied in.
+EvalFraming = Literal["raw", "task", "rag"]
+EVAL_FRAMINGS: tuple[str, ...] = (*FRAMINGS, "rag")
+RAG_MAX_ITEM_CHARS = 8000
 
 DEFAULT_METHODS = ("base", "rag", "prior", "chameleon")
 CHECKPOINT_FORMAT = "chameleon-eval-checkpoint/1"
@@ -75,7 +82,7 @@ class EvalConfig:
     bootstrap: int = 1000
     seed: int = 0
     pair_cache: bool = True
-    history_framing: HistoryFraming = "task"  # how fitted methods see the profile (see profile_to_history)
+    history_framing: EvalFraming = "task"  # how fitted methods see the profile (see fit_history)
 
 
 @dataclass
@@ -224,9 +231,9 @@ class Run:
 
 
 def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec) -> EvalConfig:
-    """With task framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
+    """With task (or rag) framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
     with the ``answers`` calibration objective, give calibration the task's labels (unless set)."""
-    if config.history_framing != "task":
+    if config.history_framing not in ("task", "rag"):
         return config
     fit = config.fit_config
     if not fit.pairs.answer_prefix and resolved.answer_prefix:
@@ -270,10 +277,20 @@ def run_methods(
     state = RunState()
     load_lm = _LazyModel(cfg.model, cfg.dtype, lm)
     fits_kwargs: dict[str, Any] = {"pair_cache": cfg.pair_cache}
+    if cfg.history_framing == "rag":  # the query comes last: keep it, retrieved items and all
+        fits_kwargs["max_item_chars"] = RAG_MAX_ITEM_CHARS
     if fit_fn is not None:
         fits_kwargs["fit_fn"] = fit_fn
     fits = FitStore(load_lm, cfg.fit_config, run.run_dir / "edits", **fits_kwargs)
-    ctx = MethodContext(run.dataset.task, run.resolved, cfg.fit_config, load_lm, fits)
+    fits_kwargs["max_item_chars"] = RAG_MAX_ITEM_CHARS
+    rag_fits = FitStore(load_lm, cfg.fit_config, run.run_dir / "edits", **fits_kwargs)
+
+    def frame(user: str, framing: str) -> list[dict[str, Any]]:
+        return fit_history(run, run.users[user], load_lm, framing)  # type: ignore[arg-type]
+
+    ctx = MethodContext(
+        run.dataset.task, run.resolved, cfg.fit_config, load_lm, fits, rag_fits=rag_fits, frame=frame
+    )
     methods: dict[str, Method] = {}
     for name in cfg.methods:
         try:
@@ -289,18 +306,45 @@ def run_methods(
     label = f"{run.dataset.task.name} eval"
     with item_progress(len(pending), label, enabled=progress and bool(pending)) as advance:
         for method_name, user in pending:
-            _run_one(run, methods[method_name], user)
+            _run_one(run, methods[method_name], user, load_lm)
             state.done[method_name].append(user)
             advance(1)
-    state.fits_run = fits.fits_run
+    state.fits_run = fits.fits_run + rag_fits.fits_run
     if load_lm.lm is not None:
         state.model_identity = dict(load_lm.lm.identity)
     return state
 
 
-def _run_one(run: Run, method: Method, user: str) -> None:
+def fit_history(
+    run: Run,
+    queries: Sequence[LampQuery],
+    load_lm: Callable[[], LoadedModel] | None = None,
+    framing: EvalFraming | None = None,
+) -> list[dict[str, Any]]:
+    """The user's fit profile (:func:`fit_profile`) as core history items, in ``framing`` (default:
+    the run's), one per profile item, in profile order.
+
+    ``rag`` framing (needs ``load_lm``): each item is task-framed, then the run's rag prompt is built
+    around it from the other fit-profile items (tasks whose items cannot be framed stay as ``task``).
+    """
+    spec = run.dataset.task
+    profile = fit_profile(queries)
+    framing = framing or run.config.history_framing
+    if framing != "rag":
+        return profile_to_history(spec, profile, framing)
+    history = profile_to_history(spec, profile, "task")
+    if spec.name in ("LaMP_1", "LaMP_7") or load_lm is None:
+        return history
+    lm = load_lm()
+    for i, item in enumerate(history):
+        others = profile[:i] + profile[i + 1 :]
+        item["input"] = rag_message(lm, spec, item["input"], others, run.resolved)
+    return history
+
+
+def _run_one(run: Run, method: Method, user: str, load_lm: Callable[[], LoadedModel] | None = None) -> None:
     queries = run.users[user]
-    history = profile_to_history(run.dataset.task, fit_profile(queries), run.config.history_framing)
+    history = fit_history(run, queries, load_lm if method.uses_fit else None)
     start = time.perf_counter()
     user_state = method.prepare_user(user, history)
     prepared = time.perf_counter()
