@@ -34,7 +34,13 @@ ROWS = {
     "ablation_calibration_items16.json": "default + 16 calibration items (users 1–12)",
     "ablation_context_calibrated.json": "default + pairs.source=context (in-context vector) (users 1–12)",
     "quality_all_users.json": "**default** on every bench user up to 12 (users 1–12; wine 11, paper 7)",
+    "ablation_rag_framing.json": "default + `--history-framing rag`: edits fitted and calibrated in the "
+    "rag prompt (users 1–12)",
+    "ablation_chameleon_auto.json": "`chameleon_auto` in the chameleon column: plain or rag context per "
+    "user by held-out profile items (users 1–12)",
 }
+# Rows whose "chameleon" column is another method of the file.
+CHAMELEON_COLUMN = {"ablation_chameleon_auto.json": "chameleon_auto"}
 
 
 def cell(task: dict, method: str) -> str:
@@ -63,7 +69,9 @@ def main() -> None:
             cells.append(
                 "not run"
                 if task is None
-                else " / ".join(cell(task, m) for m in ("base", "chameleon", "chameleon_rag"))
+                else " / ".join(
+                    cell(task, m) for m in ("base", CHAMELEON_COLUMN.get(name, "chameleon"), "chameleon_rag")
+                )
             )
         limit, skip = data.get("limit_users"), data.get("skip_users") or 0
         users = f"{limit}" if not skip else f"next {limit} after {skip}"
