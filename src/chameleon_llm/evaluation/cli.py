@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
         methods: Annotated[
             str,
             typer.Option(
-                help="comma-separated: base, rag, prior, chameleon, chameleon_rag, steering_vectors, repeng"
+                help="comma-separated: base, rag, prior, chameleon, chameleon_rag, chameleon_auto, "
+                "steering_vectors, repeng, dpo"
             ),
         ] = ",".join(DEFAULT_METHODS),
         limit_users: Annotated[int | None, typer.Option(help="only the first N users")] = None,
