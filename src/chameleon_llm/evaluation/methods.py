@@ -33,7 +33,7 @@ from chameleon_llm.history import (
 )
 from chameleon_llm.lamp.data import LampQuery
 from chameleon_llm.lamp.metrics import aggregate, per_query_scores
-from chameleon_llm.lamp.tasks import TaskSpec
+from chameleon_llm.lamp.tasks import TaskSpec, scored_prediction
 from chameleon_llm.models import LoadedModel
 from chameleon_llm.pairs import Pair
 
@@ -376,8 +376,6 @@ class ChameleonAuto(Chameleon):
 
     def _score(self, messages: list[str], edit: UserEdit | None, golds: dict[str, str]) -> float:
         """The task's primary metric of the answers to ``messages`` (in ``golds`` order)."""
-        from chameleon_llm.evaluation.runner import scored_prediction
-
         spec = self.ctx.spec
         raw = answer_messages(self.ctx.lm, spec, messages, self.ctx.settings, edit)
         preds = {qid: scored_prediction(spec, text) for qid, text in zip(golds, raw, strict=True)}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from chameleon_llm.edit import atomic_write_bytes, atomic_write_text
 from chameleon_llm.lamp.metrics import per_query_scores, per_user_scores, score, write_predictions
+from chameleon_llm.lamp.tasks import scored_prediction
 from chameleon_llm.provenance import provenance
 
 from .methods import METHODS
@@ -55,8 +56,6 @@ def _present(run: Run) -> set[str]:
 
 
 def _method_summary(run: Run, method: str) -> dict[str, Any]:
-    from .runner import scored_prediction
-
     spec = run.dataset.task
     assert run.dataset.golds is not None
     cps = run.checkpoints(method)

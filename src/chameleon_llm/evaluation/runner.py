@@ -40,7 +40,7 @@ from chameleon_llm.lamp.data import (
     load_task_dir,
     profile_to_history,
 )
-from chameleon_llm.lamp.tasks import TaskSpec, parse_answer
+from chameleon_llm.lamp.tasks import TaskSpec, is_valid, parse_answer, scored_prediction
 from chameleon_llm.models import DEFAULT_MODEL, LoadedModel
 from chameleon_llm.progress import item_progress
 
@@ -168,20 +168,6 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError):
         return None
     return data if data.get("format") == CHECKPOINT_FORMAT else None
-
-
-def is_valid(spec_kind: str, parsed: str | None) -> bool:
-    return parsed is not None and bool(parsed.strip())
-
-
-def scored_prediction(spec: TaskSpec, raw: str) -> str:
-    """What the official metric scores: the parsed answer, or ``""`` when it does not parse.
-
-    ``""`` is LaMP's unparsable prediction: a wrong label, the farther of 1 and 5 for a rating (not an
-    unbounded error from a stray number such as a year), an empty title.
-    """
-    parsed = parse_answer(spec, raw)
-    return parsed if parsed is not None and is_valid(spec.kind, parsed) else ""
 
 
 class _LazyModel:

@@ -446,3 +446,18 @@ def parse_answer(task: str | TaskSpec, text: str) -> str | None:
     if spec.kind == "rating":
         return _parse_rating(text)
     return _parse_generation(text)
+
+
+def is_valid(spec_kind: str, parsed: str | None) -> bool:
+    """Whether a parsed answer counts as valid (non-empty) for the valid-answer rate."""
+    return parsed is not None and bool(parsed.strip())
+
+
+def scored_prediction(spec: TaskSpec, raw: str) -> str:
+    """What the official metric scores: the parsed answer, or ``""`` when it does not parse.
+
+    ``""`` is LaMP's unparsable prediction: a wrong label, the farther of 1 and 5 for a rating (not an
+    unbounded error from a stray number such as a year), an empty title.
+    """
+    parsed = parse_answer(spec, raw)
+    return parsed if parsed is not None and is_valid(spec.kind, parsed) else ""
