@@ -38,9 +38,14 @@ ROWS = {
     "rag prompt (users 1–12)",
     "ablation_chameleon_auto.json": "`chameleon_auto` in the chameleon column: plain or rag context per "
     "user by held-out profile items (users 1–12)",
+    "ablation_chameleon_auto_news_users13_20.json": "`chameleon_auto` in the chameleon column, "
+    "news-category users 13–20 (unseen by every ablation)",
 }
 # Rows whose "chameleon" column is another method of the file.
-CHAMELEON_COLUMN = {"ablation_chameleon_auto.json": "chameleon_auto"}
+CHAMELEON_COLUMN = {
+    "ablation_chameleon_auto.json": "chameleon_auto",
+    "ablation_chameleon_auto_news_users13_20.json": "chameleon_auto",
+}
 
 
 def cell(task: dict, method: str) -> str:
