@@ -263,8 +263,10 @@ class _ModelMethod:
     def __init__(self, ctx: MethodContext) -> None:
         self.ctx = ctx
 
-    def messages(self, queries: Sequence[LampQuery]) -> list[str]:
-        if not self.rag:
+    def messages(self, queries: Sequence[LampQuery], rag: bool | None = None) -> list[str]:
+        """The user messages: the inputs, with retrieved profile items when ``rag`` (default: the
+        method's own ``rag``)."""
+        if not (self.rag if rag is None else rag):
             return [q.input for q in queries]
         return [
             rag_message(self.ctx.lm, self.ctx.spec, q.input, q.profile, self.ctx.settings) for q in queries
@@ -384,12 +386,8 @@ class ChameleonAuto(Chameleon):
 
     def answer(self, queries: Sequence[LampQuery], state: UserState) -> list[str]:
         use_rag, fit = state.payload
-        ctx = self.ctx
-        if use_rag:
-            msgs = [rag_message(ctx.lm, ctx.spec, q.input, q.profile, ctx.settings) for q in queries]
-        else:
-            msgs = [q.input for q in queries]
-        return answer_messages(ctx.lm, ctx.spec, msgs, ctx.settings, fit.edit)
+        msgs = self.messages(queries, use_rag)
+        return answer_messages(self.ctx.lm, self.ctx.spec, msgs, self.ctx.settings, fit.edit)
 
 
 class _PeerMethod(Chameleon):
