@@ -26,20 +26,24 @@ ROWS = {
     "ablation_positions_all.json": "default + edit.positions=all, α grid up to 2",
     "ablation_positions_all_titles.json": "default + edit.positions=all, α grid up to 2 (news-headline only)",
     "quality_last_only.json": "previous default (`--preset last-only`): edit from the last prompt token",
-    "quality.json": "**default**: calibration also chooses positions (last or all), α up to 2",
-    "quality_heldout_users.json": "**default** on users 7–12 (no ablation saw them)",
+    "quality_first6_users.json": "session-3 default: calibration also chooses positions (last or all), "
+    "α up to 2",
+    "quality_heldout_users.json": "session-3 default on users 7–12 (no ablation saw them)",
     "ablation_answers_unguarded.json": "default + calibration objective `answers` without the likelihood "
     "guard (users 1–12)",
     "ablation_answers_objective.json": "default + calibration objective `answers`, guarded (users 1–12)",
     "ablation_calibration_items16.json": "default + 16 calibration items (users 1–12)",
     "ablation_context_calibrated.json": "default + pairs.source=context (in-context vector) (users 1–12)",
-    "quality_all_users.json": "**default** on every bench user up to 12 (users 1–12; wine 11, paper 7)",
+    "quality_all_users.json": "session-5 default (ratings by greedy generation) on every bench user up to 12 "
+    "(users 1–12; wine 11, paper 7)",
     "ablation_rag_framing.json": "default + `--history-framing rag`: edits fitted and calibrated in the "
     "rag prompt (users 1–12)",
     "ablation_chameleon_auto.json": "`chameleon_auto` in the chameleon column: plain or rag context per "
     "user by held-out profile items (users 1–12)",
     "ablation_chameleon_auto_news_users13_20.json": "`chameleon_auto` in the chameleon column, "
     "news-category users 13–20 (unseen by every ablation)",
+    "quality.json": "**default** (session 6: ratings answered by the median of the label distribution) on "
+    "every bench user (news 40, wine 11, paper 7)",
 }
 # Rows whose "chameleon" column is another method of the file.
 CHAMELEON_COLUMN = {

@@ -46,6 +46,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="profile items as fitted methods see them",
     )
     p.add_argument("--k", type=int, default=4, help="rag: profile items retrieved")
+    p.add_argument(
+        "--label-rule",
+        choices=["argmax", "median"],
+        default=None,
+        help="label scoring: likeliest label or distribution median (default: per task kind)",
+    )
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--threads", type=int, default=None, help="torch threads (1 on a shared machine)")
     p.add_argument("--work-dir", type=Path, default=None, help="run folders (default: user cache dir)")
@@ -108,7 +114,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
 
     fit_config = build_config(args.config, args.sets)
     methods = parse_methods(args.methods)
-    settings = EvalSettings(rag_k=args.k)
+    settings = EvalSettings(rag_k=args.k, label_rule=args.label_rule)
     work = args.work_dir or cache_dir() / "quality-runs"
     lm = _load(args)
     tasks: dict[str, Any] = {}

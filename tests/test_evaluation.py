@@ -17,6 +17,7 @@ from chameleon_llm.evaluation import (
     EvalSettings,
     MethodUnavailable,
     UserState,
+    choose_label,
     evaluate,
     fit_profile,
     paired_bootstrap,
@@ -221,6 +222,19 @@ def test_label_scoring_picks_the_likeliest_label(
     assert len(set(chosen) | {None}) >= 2
 
 
+def test_median_label_scoring_uses_the_same_likelihoods(
+    llama: LoadedModel, make_edit: Callable[..., Any]
+) -> None:
+    labels = ["1", "2", "3", "4", "5"]
+    prompts = [chat_prompt(llama, t, assistant_prefix="Score:") for t in ("A fine wine", "Flat and dull")]
+    edits = [None, make_edit(llama, alpha=3.0)]
+    chosen = score_labels(llama, prompts, labels, edits, prefixed=True, rule="median")
+    for prompt, edit, answer in zip(prompts, edits, chosen, strict=True):
+        conts = [f" {label}<eos>" for label in labels]
+        scores = continuation_logprobs(llama, [prompt] * len(labels), conts, [edit] * len(labels))
+        assert answer == choose_label(labels, scores, "median")
+
+
 # --------------------------------------------------------------------------- statistics
 
 
@@ -422,11 +436,52 @@ def test_invalid_answers_are_scored_as_unparsable() -> None:
 
 def test_default_settings_per_task_kind() -> None:
     news, wine, titles = (EvalSettings().resolve(get_task(t)) for t in ("LaMP_2N", "LaMP_3", "LaMP_5"))
-    assert (news.answer_prefix, news.label_scoring) == ("Category:", True)
-    assert (wine.answer_prefix, wine.label_scoring) == ("Score:", False)
+    assert (news.answer_prefix, news.label_scoring, news.label_rule) == ("Category:", True, "argmax")
+    assert (wine.answer_prefix, wine.label_scoring, wine.label_rule) == ("Score:", True, "median")
     assert (titles.answer_prefix, titles.label_scoring, titles.max_new_tokens) == ("", False, 32)
     forced = EvalSettings(answer_prefix=False, label_scoring=True).resolve(get_task("LaMP_4"))
     assert (forced.answer_prefix, forced.label_scoring) == ("", False)  # no labels to score
+    greedy = EvalSettings(label_scoring=False).resolve(get_task("LaMP_3"))
+    assert (greedy.label_scoring, greedy.label_rule) == (False, "argmax")  # no rule without scoring
+    with pytest.raises(ValueError, match=r"numeric labels.*--label-rule argmax"):
+        EvalSettings(label_rule="median").resolve(get_task("LaMP_2N"))
+
+
+def test_argmax_rule_keeps_the_hashes_of_earlier_checkpoints() -> None:
+    news, wine = EvalSettings().resolve(get_task("LaMP_2N")), EvalSettings().resolve(get_task("LaMP_3"))
+    assert "label_rule" not in news.answer_key() and news.to_dict()["label_rule"] == "argmax"
+    assert wine.answer_key()["label_rule"] == "median"
+    argmax = EvalSettings(label_rule="argmax").resolve(get_task("LaMP_3"))
+    assert argmax.answer_key() != wine.answer_key()
+
+
+@pytest.mark.parametrize(
+    ("logprobs", "argmax", "median"),
+    [
+        ([-1.0, -9.0, -9.0, -9.0, -0.9], "5", "5"),  # two modes, the top one slightly ahead
+        ([-0.9, -9.0, -9.0, -9.0, -1.0], "1", "1"),
+        ([-1.2, -1.0, -1.1, -1.1, -1.2], "2", "3"),  # flat: the middle
+        ([0.0, -50.0, -50.0, -50.0, -0.01], "1", "1"),  # 1 holds just over half the mass
+        ([-9.0, -9.0, -2.0, -0.5, -1.0], "4", "4"),
+        ([-2.0, -0.5, -9.0, -0.9, -0.8], "2", "4"),  # likeliest 2, but most mass at 4 and 5
+    ],
+)
+def test_choose_label_rules(logprobs: list[float], argmax: str, median: str) -> None:
+    labels = ["1", "2", "3", "4", "5"]
+    assert choose_label(labels, logprobs, "argmax") == argmax
+    assert choose_label(labels, logprobs, "median") == median
+    # the median does not depend on the order labels are listed in
+    order = [3, 0, 4, 1, 2]
+    assert choose_label([labels[i] for i in order], [logprobs[i] for i in order], "median") == median
+
+
+def test_choose_label_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="numeric labels"):
+        choose_label(["politics", "sports"], [-1.0, -2.0], "median")
+    with pytest.raises(ValueError, match="one log-likelihood per label"):
+        choose_label(["1", "2"], [-1.0], "argmax")
+    with pytest.raises(ValueError, match="label rule must be one of"):
+        choose_label(["1", "2"], [-1.0, -2.0], "mode")  # type: ignore[arg-type]
 
 
 def test_rag_retrieves_the_relevant_item(llama: LoadedModel) -> None:

@@ -11,7 +11,13 @@ from chameleon_llm.evaluation.methods import (
     create_method,
     register_method,
 )
-from chameleon_llm.evaluation.prompting import EvalSettings, ResolvedSettings, answer_messages, score_labels
+from chameleon_llm.evaluation.prompting import (
+    EvalSettings,
+    ResolvedSettings,
+    answer_messages,
+    choose_label,
+    score_labels,
+)
 from chameleon_llm.evaluation.runner import EvalConfig, evaluate, fit_profile, prepare_run, run_methods
 from chameleon_llm.evaluation.stats import bootstrap_samples, paired_bootstrap
 
@@ -27,6 +33,7 @@ __all__ = [
     "UserState",
     "answer_messages",
     "bootstrap_samples",
+    "choose_label",
     "create_method",
     "evaluate",
     "fit_profile",

@@ -10,7 +10,7 @@ import typer
 
 from chameleon_llm.models import DEFAULT_MODEL
 
-from .prompting import EvalSettings
+from .prompting import LABEL_RULES, EvalSettings, LabelRule
 from .runner import DEFAULT_METHODS, EVAL_FRAMINGS, EvalConfig, EvalFraming
 
 
@@ -64,6 +64,13 @@ def register(app: typer.Typer) -> None:
                 "--label-scoring/--no-label-scoring", help="pick the likeliest label (default: per task kind)"
             ),
         ] = None,
+        label_rule: Annotated[
+            str | None,
+            typer.Option(
+                help="label scoring picks the likeliest label (argmax) or, for numeric labels, the median "
+                "of their distribution (default: argmax for classification, median for ratings)"
+            ),
+        ] = None,
         k: Annotated[int, typer.Option("--k", help="profile items retrieved by rag")] = 4,
         max_new_tokens: Annotated[
             int | None, typer.Option(help="generation limit (default: per task kind)")
@@ -103,6 +110,7 @@ def register(app: typer.Typer) -> None:
         settings = EvalSettings(
             answer_prefix=answer_prefix,
             label_scoring=label_scoring,
+            label_rule=_label_rule(label_rule),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
             rag_k=k,
@@ -127,6 +135,13 @@ def register(app: typer.Typer) -> None:
         elif not quiet:
             print(markdown_table(results))
             Console(stderr=True).print(f"[green]wrote[/green] {out / 'results.json'}, results.md, plots/")
+
+
+def _label_rule(value: str | None) -> LabelRule | None:
+    """Validate ``--label-rule``."""
+    if value is not None and value not in LABEL_RULES:
+        raise typer.BadParameter(f"{value!r} is not a label rule; use one of: {', '.join(LABEL_RULES)}")
+    return value  # type: ignore[return-value]
 
 
 def _framing(value: str) -> EvalFraming:

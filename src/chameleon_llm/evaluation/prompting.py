@@ -9,9 +9,10 @@ edit or steering applied while the model runs.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import GenerationOptions, cached_continuation_logprobs, generate_raw
@@ -30,12 +31,19 @@ ANSWER_PREFIXES: dict[str, str] = {
     "LaMP_7": "Paraphrase:",
 }
 
-# Defaults per task kind: (answer prefix, label scoring). Chosen by running `base` on the bench tasks
-# every way and keeping the best (benchmarks/results/quality_defaults.json, docs/evaluation.md).
-KIND_DEFAULTS: dict[str, tuple[bool, bool]] = {
-    "classification": (True, True),
-    "rating": (True, False),
-    "generation": (False, False),
+# How label scoring turns the labels' log-likelihoods into one answer: the likeliest label, or the
+# median of the distribution over numeric labels (the answer minimizing the expected absolute error).
+LabelRule = Literal["argmax", "median"]
+LABEL_RULES: tuple[str, ...] = ("argmax", "median")
+
+# Defaults per task kind: (answer prefix, label scoring, label rule). Prefix and scoring were chosen by
+# running `base` on the bench tasks every way (benchmarks/results/quality_defaults.json); the rating
+# rule by `base` on the users' own held-out profile items, no query golds
+# (benchmarks/results/decoding.json, docs/evaluation.md).
+KIND_DEFAULTS: dict[str, tuple[bool, bool, LabelRule]] = {
+    "classification": (True, True, "argmax"),
+    "rating": (True, True, "median"),
+    "generation": (False, False, "argmax"),
 }
 
 # Greedy token limits per task kind when answers are generated (the same for every method).
@@ -46,11 +54,13 @@ MAX_NEW_TOKENS: dict[str, int] = {"classification": 16, "rating": 8, "generation
 class EvalSettings:
     """Prompt, decoding and retrieval settings shared by every method of a run.
 
-    ``None`` for ``answer_prefix``, ``label_scoring`` or ``max_new_tokens`` means the task-kind default.
+    ``None`` for ``answer_prefix``, ``label_scoring``, ``label_rule`` or ``max_new_tokens`` means the
+    task-kind default.
     """
 
     answer_prefix: bool | None = None
     label_scoring: bool | None = None
+    label_rule: LabelRule | None = None
     max_new_tokens: int | None = None
     max_prompt_tokens: int = 1024
     batch_size: int = 8
@@ -59,13 +69,22 @@ class EvalSettings:
     peer_multiplier: float = 1.0
 
     def resolve(self, spec: TaskSpec) -> ResolvedSettings:
-        prefix_default, scoring_default = KIND_DEFAULTS[spec.kind]
+        prefix_default, scoring_default, rule_default = KIND_DEFAULTS[spec.kind]
         prefix = prefix_default if self.answer_prefix is None else self.answer_prefix
         scoring = scoring_default if self.label_scoring is None else self.label_scoring
         scoring = scoring and spec.kind != "generation"
+        rule = rule_default if self.label_rule is None else self.label_rule
+        if rule not in LABEL_RULES:
+            raise ValueError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
+        if scoring and rule == "median" and not all(_number(label) is not None for label in spec.labels):
+            raise ValueError(
+                f"label rule 'median' needs numeric labels; {spec.name}'s labels are not numbers. "
+                "Fix: use --label-rule argmax for this task."
+            )
         return ResolvedSettings(
             answer_prefix=ANSWER_PREFIXES.get(spec.name, "Answer:") if prefix else "",
             label_scoring=scoring,
+            label_rule=rule if scoring else "argmax",
             max_new_tokens=self.max_new_tokens or MAX_NEW_TOKENS[spec.kind],
             max_prompt_tokens=self.max_prompt_tokens,
             batch_size=self.batch_size,
@@ -81,6 +100,7 @@ class ResolvedSettings:
 
     answer_prefix: str
     label_scoring: bool
+    label_rule: LabelRule
     max_new_tokens: int
     max_prompt_tokens: int
     batch_size: int
@@ -90,6 +110,14 @@ class ResolvedSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def answer_key(self) -> dict[str, Any]:
+        """What changes answers, for checkpoint hashes: everything, except that ``argmax`` (the only
+        rule before rules were options) is left out so earlier checkpoints stay valid."""
+        out = self.to_dict()
+        if out["label_rule"] == "argmax":
+            del out["label_rule"]
+        return out
 
 
 def label_candidates(spec: TaskSpec) -> list[str]:
@@ -104,6 +132,41 @@ def render(lm: LoadedModel, message: str, settings: ResolvedSettings) -> str:
     return chat_prompt(lm, message, assistant_prefix=settings.answer_prefix)
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def choose_label(labels: Sequence[str], logprobs: Sequence[float], rule: LabelRule = "argmax") -> str:
+    """One answer from the labels' log-likelihoods.
+
+    ``argmax``: the likeliest label (ties: the one listed first). ``median``: the labels' likelihoods
+    normalized into a distribution, the smallest numeric label whose cumulative probability reaches
+    one half (ties between equal values: the one listed first).
+    """
+    if len(labels) != len(logprobs) or not labels:
+        raise ValueError(f"need one log-likelihood per label, got {len(logprobs)} for {len(labels)} labels")
+    if rule == "argmax":
+        return labels[max(range(len(labels)), key=lambda j: (logprobs[j], -j))]
+    if rule != "median":
+        raise ValueError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
+    values = [_number(label) for label in labels]
+    if any(v is None for v in values):
+        raise ValueError("label rule 'median' needs numeric labels; use 'argmax'")
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    order = sorted(range(len(labels)), key=lambda j: (values[j], j))
+    cumulative = 0.0
+    for j in order:
+        cumulative += weights[j] / total
+        if cumulative >= 0.5 - 1e-12:
+            return labels[j]
+    return labels[order[-1]]
+
+
 def score_labels(
     lm: LoadedModel,
     prompts: Sequence[str],
@@ -111,20 +174,21 @@ def score_labels(
     edits: Sequence[UserEdit | None] | UserEdit | None = None,
     *,
     prefixed: bool = False,
+    rule: LabelRule = "argmax",
 ) -> list[str]:
-    """For each rendered prompt, the label whose complete answer has the highest log-likelihood.
+    """For each rendered prompt, the label chosen by ``rule`` (:func:`choose_label`) from the labels'
+    log-likelihoods.
 
-    The score is the summed log-probability of ``label`` followed by the end-of-turn token under the
-    model with the row's edit applied: the numbers of :func:`continuation_logprobs`, computed with
-    the prompt run once (:func:`cached_continuation_logprobs`). Ties go to the label listed first.
+    A label's score is the summed log-probability of ``label`` followed by the end-of-turn token under
+    the model with the row's edit applied: the numbers of :func:`continuation_logprobs`, computed with
+    the prompt run once (:func:`cached_continuation_logprobs`).
     """
     rows_edits = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
     conts = [complete_answer(lm, label, prefixed=prefixed) for label in labels]
-    chosen = []
-    for prompt, edit in zip(prompts, rows_edits, strict=True):
-        row = cached_continuation_logprobs(lm, prompt, conts, edit)
-        chosen.append(labels[max(range(len(labels)), key=lambda j: (row[j], -j))])
-    return chosen
+    return [
+        choose_label(labels, cached_continuation_logprobs(lm, prompt, conts, edit), rule)
+        for prompt, edit in zip(prompts, rows_edits, strict=True)
+    ]
 
 
 def answer_messages(
@@ -134,7 +198,8 @@ def answer_messages(
     settings: ResolvedSettings,
     edits: Sequence[UserEdit | None] | UserEdit | None = None,
 ) -> list[str]:
-    """Raw answers to user messages: a chosen label (label scoring) or a greedy completion."""
+    """Raw answers to user messages: a label chosen from the labels' likelihoods (label scoring) or a
+    greedy completion."""
     prompts = [render(lm, m, settings) for m in messages]
     if settings.label_scoring:
         return score_labels(
@@ -143,6 +208,7 @@ def answer_messages(
             label_candidates(spec),
             edits,
             prefixed=bool(settings.answer_prefix),
+            rule=settings.label_rule,
         )
     rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompts)
     opts = GenerationOptions(

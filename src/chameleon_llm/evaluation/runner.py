@@ -246,7 +246,7 @@ def prepare_run(data_dir: str | Path, run_dir: str | Path, config: EvalConfig) -
         "dtype": config.dtype,
         "task": dataset.task.name,
         "data": data_fingerprint(dataset),
-        "settings": resolved.to_dict(),
+        "settings": resolved.answer_key(),
     }
     return Run(Path(data_dir), Path(run_dir), config, dataset, users, resolved, base_settings)
 
