@@ -614,6 +614,29 @@ def test_rag_framing_fits_each_item_with_its_retrieved_neighbours(
     assert task.digest("rag") == run.digest("rag")  # methods without a fit are unaffected
 
 
+def test_fitted_methods_of_a_user_share_one_framing_of_the_history(
+    tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chameleon_llm.evaluation import runner
+
+    data = news_category(tmp_path / "data", n_users=2)
+    framed: list[tuple[str | None, bool]] = []
+    real = runner.fit_history
+
+    def counting(run: Run, queries: Any, load_lm: Any = None, framing: Any = None) -> Any:
+        framed.append((framing, load_lm is not None))
+        return real(run, queries, load_lm, framing)
+
+    monkeypatch.setattr(runner, "fit_history", counting)
+    methods = ["chameleon", "chameleon_rag", "steering_vectors", "rag"]
+    cfg = EvalConfig(methods=methods, settings=EvalSettings(rag_k=2), bootstrap=20, history_framing="rag")
+    fits: list[Any] = []
+    evaluate(data, tmp_path / "run", cfg, lm=llama, progress=False, fit_fn=fake_fit(make_edit, fits))
+    # per user: one rag framing shared by the three fitted methods, one plain history for rag
+    assert sorted(framed, key=str) == sorted([("rag", True), (None, False)] * 2, key=str)
+    assert len(fits) == 2  # and one fit per user
+
+
 def test_cli_rejects_an_unknown_framing(tmp_path: Path) -> None:
     from chameleon_llm.cli import app
 

@@ -271,8 +271,15 @@ def run_methods(
     fits_kwargs["max_item_chars"] = RAG_MAX_ITEM_CHARS
     rag_fits = FitStore(load_lm, cfg.fit_config, run.run_dir / "edits", **fits_kwargs)
 
+    framed: dict[tuple[str, str], list[dict[str, Any]]] = {}
+
     def frame(user: str, framing: str) -> list[dict[str, Any]]:
-        return fit_history(run, run.users[user], load_lm, framing)  # type: ignore[arg-type]
+        """The user's fit history in ``framing``, built once per user (rag framing retrieves per item)."""
+        if (user, framing) not in framed:
+            if any(u != user for u, _ in framed):
+                framed.clear()  # methods of one user run back to back: keep one user
+            framed[user, framing] = fit_history(run, run.users[user], load_lm, framing)  # type: ignore[arg-type]
+        return [dict(item) for item in framed[user, framing]]  # copies: a method cannot alter the memo
 
     ctx = MethodContext(
         run.dataset.task, run.resolved, cfg.fit_config, load_lm, fits, rag_fits=rag_fits, frame=frame
@@ -292,7 +299,7 @@ def run_methods(
     label = f"{run.dataset.task.name} eval"
     with item_progress(len(pending), label, enabled=progress and bool(pending)) as advance:
         for method_name, user in pending:
-            _run_one(run, methods[method_name], user, load_lm)
+            _run_one(run, methods[method_name], user, frame)
             state.done[method_name].append(user)
             advance(1)
     state.fits_run = fits.fits_run + rag_fits.fits_run
@@ -328,9 +335,14 @@ def fit_history(
     return history
 
 
-def _run_one(run: Run, method: Method, user: str, load_lm: Callable[[], LoadedModel] | None = None) -> None:
+def _run_one(
+    run: Run, method: Method, user: str, frame: Callable[[str, str], list[dict[str, Any]]] | None = None
+) -> None:
     queries = run.users[user]
-    history = fit_history(run, queries, load_lm if method.uses_fit else None)
+    if method.uses_fit and frame is not None:
+        history = frame(user, run.config.history_framing)
+    else:
+        history = fit_history(run, queries)
     start = time.perf_counter()
     user_state = method.prepare_user(user, history)
     prepared = time.perf_counter()
