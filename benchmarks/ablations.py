@@ -83,7 +83,9 @@ def main() -> None:
                 )
             )
         limit, skip = data.get("limit_users"), data.get("skip_users") or 0
-        users = f"{limit}" if not skip else f"next {limit} after {skip}"
+        users = (
+            ("all" if limit is None else f"{limit}") if not skip else f"next {limit or 'all'} after {skip}"
+        )
         lines.append(f"| {label} (`{name}`) | {users} | " + " | ".join(cells) + " |")
     note = (
         "\nCells: primary metric (valid-answer rate) for base / chameleon / chameleon+rag; accuracy for "
