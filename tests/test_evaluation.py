@@ -647,6 +647,17 @@ def test_cli_rejects_an_unknown_framing(tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "rag" in bad.output
 
 
+def test_cli_label_rule_errors_name_the_fix(tmp_path: Path) -> None:
+    from chameleon_llm.cli import app
+
+    data = news_category(tmp_path / "data")
+    base = ["eval", "--data", str(data), "--out", str(tmp_path / "o"), "--methods", "prior"]
+    unknown = CliRunner().invoke(app, [*base, "--label-rule", "mode"])
+    assert unknown.exit_code == 2 and "argmax" in unknown.output
+    median = CliRunner().invoke(app, [*base, "--label-rule", "median"])
+    assert median.exit_code == 2 and "--label-rule argmax" in median.output
+
+
 def _info(run: Run, method: str, user: str) -> dict[str, Any]:
     data = read_checkpoint(run.checkpoint(method, user))
     assert data is not None, f"no checkpoint for {method} {user}"

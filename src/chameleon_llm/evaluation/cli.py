@@ -10,7 +10,7 @@ import typer
 
 from chameleon_llm.models import DEFAULT_MODEL
 
-from .prompting import LABEL_RULES, EvalSettings, LabelRule
+from .prompting import LABEL_RULES, EvalSettings, LabelRule, LabelRuleError
 from .runner import DEFAULT_METHODS, EVAL_FRAMINGS, EvalConfig, EvalFraming
 
 
@@ -129,7 +129,10 @@ def register(app: typer.Typer) -> None:
             pair_cache=not no_pair_cache,
             history_framing=_framing(history_framing),
         )
-        results = evaluate(data, out, cfg, progress=not (quiet or as_json), report_only=report_only)
+        try:
+            results = evaluate(data, out, cfg, progress=not (quiet or as_json), report_only=report_only)
+        except LabelRuleError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--label-rule") from exc
         if as_json:
             print(json.dumps(results, ensure_ascii=False))
         elif not quiet:

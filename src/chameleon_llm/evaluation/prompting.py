@@ -36,6 +36,11 @@ ANSWER_PREFIXES: dict[str, str] = {
 LabelRule = Literal["argmax", "median"]
 LABEL_RULES: tuple[str, ...] = ("argmax", "median")
 
+
+class LabelRuleError(ValueError):
+    """A label rule that does not apply (unknown, or ``median`` for labels that are not numbers)."""
+
+
 # Defaults per task kind: (answer prefix, label scoring, label rule). Prefix and scoring were chosen by
 # running `base` on the bench tasks every way (benchmarks/results/quality_defaults.json); the rating
 # rule by `base` on the users' own held-out profile items, no query golds
@@ -75,9 +80,9 @@ class EvalSettings:
         scoring = scoring and spec.kind != "generation"
         rule = rule_default if self.label_rule is None else self.label_rule
         if rule not in LABEL_RULES:
-            raise ValueError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
+            raise LabelRuleError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
         if scoring and rule == "median" and not all(_number(label) is not None for label in spec.labels):
-            raise ValueError(
+            raise LabelRuleError(
                 f"label rule 'median' needs numeric labels; {spec.name}'s labels are not numbers. "
                 "Fix: use --label-rule argmax for this task."
             )
@@ -151,10 +156,10 @@ def choose_label(labels: Sequence[str], logprobs: Sequence[float], rule: LabelRu
     if rule == "argmax":
         return labels[max(range(len(labels)), key=lambda j: (logprobs[j], -j))]
     if rule != "median":
-        raise ValueError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
+        raise LabelRuleError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
     values = [_number(label) for label in labels]
     if any(v is None for v in values):
-        raise ValueError("label rule 'median' needs numeric labels; use 'argmax'")
+        raise LabelRuleError("label rule 'median' needs numeric labels; use 'argmax'")
     top = max(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
