@@ -34,6 +34,9 @@ def test_build_config_overrides_and_direct_options(tmp_path: Path) -> None:
         (["edit.gamma=1"], "unknown option 'edit.gamma'"),
         (["pairs.source=telepathy"], "invalid fit options"),
         (["nosuch.key=1"], "no section 'nosuch'"),
+        # pairs are built from the k selected items: more queries than k would be silently capped
+        (["pairs.n_queries=16"], r"raise selection.k to at least 16"),
+        (["selection.k=4"], r"pairs.n_queries \(8\) exceeds selection.k \(4\)"),
     ],
 )
 def test_build_config_errors(sets: list[str], message: str) -> None:

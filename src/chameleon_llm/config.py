@@ -166,6 +166,16 @@ class FitConfig(_Stage):
     directions: DirectionConfig = DirectionConfig()
     edit: EditConfig = EditConfig()
 
+    @model_validator(mode="after")
+    def _pairs_within_selection(self) -> FitConfig:
+        if self.pairs.n_queries > self.selection.k:
+            raise ValueError(
+                f"pairs.n_queries ({self.pairs.n_queries}) exceeds selection.k ({self.selection.k}): pairs "
+                "are built from the k selected history items, so only k pairs can be made. Fix: raise "
+                f"selection.k to at least {self.pairs.n_queries}, or lower pairs.n_queries."
+            )
+        return self
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 

@@ -127,7 +127,7 @@ def edit_from_pairs(
     if len(pairs) < 2:
         raise FitError(
             f"only {len(pairs)} usable pair(s) after filtering; at least 2 are needed. "
-            "Add history items, raise pairs.n_queries, or lower pairs.min_cosine_distance."
+            "Add history items, raise selection.k and pairs.n_queries, or lower pairs.min_cosine_distance."
         )
     acfg = cfg.activations
     with _timed(timings, "activations", progress):
