@@ -44,6 +44,10 @@ ROWS = {
     "news-category users 13–20 (unseen by every ablation)",
     "quality.json": "**default** (session 6: ratings answered by the median of the label distribution) on "
     "every bench user (news 40, wine 11, paper 7)",
+    "ablation_k16_pairs16_news_users1_11.json": "default + selection.k=16, pairs.n_queries=16 (twice the "
+    "pairs; stopped early: news-category users 1–11, default 0.682 there)",
+    "ablation_k16_pairs16_wine_users1_4.json": "default + selection.k=16, pairs.n_queries=16 (stopped early: "
+    "wine-rating critics 1–4, default 0.562 there)",
 }
 # Rows whose "chameleon" column is another method of the file.
 CHAMELEON_COLUMN = {
