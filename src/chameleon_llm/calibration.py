@@ -79,7 +79,8 @@ def heldout_loglik(
     return heldout_logliks(lm, [edit], items, max_chars, answer_prefix)[0]
 
 
-def _number(text: str) -> float | None:
+def as_number(text: str) -> float | None:
+    """``text`` as a number, or ``None`` when it is not one (numeric labels such as ratings)."""
     try:
         return float(text)
     except ValueError:
@@ -118,7 +119,7 @@ def heldout_answer_scores(
         raise ValueError("answer scoring needs held-out items and a label set")
     prompts = _prompts(lm, items, answer_prefix)
     prefixed = bool(answer_prefix)
-    numeric = all(_number(label) is not None for label in labels)
+    numeric = all(as_number(label) is not None for label in labels)
     score = [0.0] * len(edits)
     loglik = [0.0] * len(edits)
     for prompt, it in zip(prompts, items, strict=True):
@@ -126,11 +127,11 @@ def heldout_answer_scores(
         cands = list(labels) if gold in labels else [*labels, gold]
         conts = [complete_answer(lm, c, prefixed=prefixed) for c in cands]
         rows = cached_continuation_logprobs_many(lm, prompt, conts, edits)
-        g = _number(gold)
+        g = as_number(gold)
         for k, row in enumerate(rows):
             pred = cands[max(range(len(cands)), key=lambda j: (row[j], -j))]
             loglik[k] += row[cands.index(gold)]
-            p = _number(pred)
+            p = as_number(pred)
             score[k] += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
     return [(s / len(items), ll / len(items)) for s, ll in zip(score, loglik, strict=True)]
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from chameleon_llm.calibration import as_number
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import GenerationOptions, cached_continuation_logprobs, generate_raw
 from chameleon_llm.lamp.tasks import TaskSpec, extract_query_text
@@ -81,7 +82,7 @@ class EvalSettings:
         rule = rule_default if self.label_rule is None else self.label_rule
         if rule not in LABEL_RULES:
             raise LabelRuleError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
-        if scoring and rule == "median" and not all(_number(label) is not None for label in spec.labels):
+        if scoring and rule == "median" and not all(as_number(label) is not None for label in spec.labels):
             raise LabelRuleError(
                 f"label rule 'median' needs numeric labels; {spec.name}'s labels are not numbers. "
                 "Fix: use --label-rule argmax for this task."
@@ -137,13 +138,6 @@ def render(lm: LoadedModel, message: str, settings: ResolvedSettings) -> str:
     return chat_prompt(lm, message, assistant_prefix=settings.answer_prefix)
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def choose_label(labels: Sequence[str], logprobs: Sequence[float], rule: LabelRule = "argmax") -> str:
     """One answer from the labels' log-likelihoods.
 
@@ -157,7 +151,7 @@ def choose_label(labels: Sequence[str], logprobs: Sequence[float], rule: LabelRu
         return labels[max(range(len(labels)), key=lambda j: (logprobs[j], -j))]
     if rule != "median":
         raise LabelRuleError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
-    values = [_number(label) for label in labels]
+    values = [as_number(label) for label in labels]
     if any(v is None for v in values):
         raise LabelRuleError("label rule 'median' needs numeric labels; use 'argmax'")
     top = max(logprobs)

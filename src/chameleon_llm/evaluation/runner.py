@@ -335,14 +335,10 @@ def fit_history(
     return history
 
 
-def _run_one(
-    run: Run, method: Method, user: str, frame: Callable[[str, str], list[dict[str, Any]]] | None = None
-) -> None:
+def _run_one(run: Run, method: Method, user: str, frame: Callable[[str, str], list[dict[str, Any]]]) -> None:
     queries = run.users[user]
-    if method.uses_fit and frame is not None:
-        history = frame(user, run.config.history_framing)
-    else:
-        history = fit_history(run, queries)
+    # fitted methods share the run's framing (built once per user); the others get the cheap task one
+    history = frame(user, run.config.history_framing) if method.uses_fit else fit_history(run, queries)
     start = time.perf_counter()
     user_state = method.prepare_user(user, history)
     prepared = time.perf_counter()
