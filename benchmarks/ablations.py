@@ -48,6 +48,14 @@ ROWS = {
     "pairs; stopped early: news-category users 1–11, default 0.682 there)",
     "ablation_k16_pairs16_wine_users1_4.json": "default + selection.k=16, pairs.n_queries=16 (stopped early: "
     "wine-rating critics 1–4, default 0.562 there)",
+    "ablation_band_grid_news_users1_12.json": "default + `edit.band_grid` (0.1–0.2, 0.5–0.6, 0.7–0.8 besides "
+    "0.3–0.4): calibration also chooses the layers per user (news-category users 1–12, default 0.708 there)",
+    "ablation_band_grid_wine.json": "default + `edit.band_grid` as above (wine-rating, every critic; default "
+    "0.591)",
+    "ablation_label_neutral_news.json": "default + `pairs.neutral=labels`: the user's label vs 2 other "
+    "labels per query, no generated neutral (news-category, every author; default 0.637 / 0.688)",
+    "ablation_label_neutral_wine.json": "default + `pairs.neutral=labels` (wine-rating, every critic; "
+    "default 0.591 / 0.795)",
 }
 # Rows whose "chameleon" column is another method of the file.
 CHAMELEON_COLUMN = {

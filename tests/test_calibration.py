@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,11 @@ import torch
 
 from chameleon_llm import calibration
 from chameleon_llm.calibration import calibrate_alpha, heldout_answer_scores, heldout_loglik, history_labels
+from chameleon_llm.config import LATER_OPTIONS, FitConfig
+from chameleon_llm.directions import Directions
+from chameleon_llm.edit import UserEdit
 from chameleon_llm.evaluation.prompting import score_labels
+from chameleon_llm.fit import band_edits, calibrate_edit
 from chameleon_llm.history import HistoryItem
 from chameleon_llm.models import LoadedModel, chat_prompt
 
@@ -161,3 +166,90 @@ def test_guard_excludes_an_edit_that_makes_answers_less_likely(
         llama, edit, LABELED, grid=[0.5, 1.0], beta_grid=[0.0], labels=labels, guard=False
     )
     assert loose.alpha == 1.0
+
+
+# --------------------------------------------------------------------------- layers chosen by calibration
+
+
+def _directions(lm: LoadedModel, seed: int = 0) -> Directions:
+    gen = torch.Generator().manual_seed(seed)
+    n, d = lm.num_layers, lm.hidden_size
+    personal = torch.randn(n, 1, d, generator=gen)
+    neutral = torch.randn(n, d, generator=gen)
+    return Directions(
+        personal=personal / personal.norm(dim=-1, keepdim=True),
+        neutral=neutral / neutral.norm(dim=-1, keepdim=True),
+        gap=torch.full((n, 1), 3.0),
+        ccs_loss=torch.zeros(n),
+        stats={},
+    )
+
+
+def test_band_edits_take_each_bands_directions_and_skip_repeats(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    dirs = _directions(llama)
+    n = llama.num_layers
+    own = make_edit(llama, layers=(0,), rank=1, mode="add")
+    others = band_edits(own, dirs, [(0.0, 0.01), (0.99, 1.0), (0.99, 1.0)])
+    assert [e.layers for e in others] == [(n - 1,)]  # (0.0, 0.01) is the edit's own layer; repeats go
+    moved = others[0]
+    assert torch.equal(moved.personal, dirs.personal[[n - 1]])
+    assert torch.equal(moved.neutral, dirs.neutral[[n - 1]])
+    assert torch.equal(moved.gaps, dirs.gap[[n - 1]])
+    assert moved.strengths == own.strengths
+
+
+def _calibrated(lm: LoadedModel, edit: UserEdit, others: list[UserEdit], **edit_cfg: object) -> UserEdit:
+    cfg = FitConfig.from_overrides({f"edit.{k}": v for k, v in edit_cfg.items()})
+    history = [HistoryItem(it.input or "say something", it.output) for it in ITEMS]
+    return calibrate_edit(lm, edit, history, [], cfg, {}, None, others)
+
+
+def test_calibration_moves_the_edit_to_the_best_calibrated_layers(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    dirs = _directions(llama, seed=3)
+    last = make_edit(llama, layers=(llama.num_layers - 1,), rank=1, mode="add")
+    own = band_edits(last, dirs, [(0.0, 0.01)])[0]
+    alt = band_edits(own, dirs, [(0.99, 1.0)])
+    grid = {"alpha_grid": [1.0, 4.0], "beta_grid": [0.0], "positions_grid": []}
+    chosen = _calibrated(llama, own, alt, **grid)
+    history = [HistoryItem(it.input or "say something", it.output) for it in ITEMS]
+    ranks = [calibrate_alpha(llama, e, history, [1.0, 4.0], [0.0]).rank for e in (own, *alt)]
+    assert ranks[0] != ranks[1]  # a real choice: the layers calibrate differently
+    winner = (own, *alt)[max(range(2), key=lambda i: (ranks[i], -i))]
+    assert chosen.layers == winner.layers
+    record = chosen.stats["calibration"]
+    assert record["layers"] == list(winner.layers)
+    assert set(record["by_layers"]) == {"0", str(llama.num_layers - 1)}
+
+
+def test_layer_ties_keep_the_edits_own_layers(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+    own = make_edit(llama, layers=(0,), rank=1, mode="add")
+    other = replace(make_edit(llama, layers=(1,), rank=1, mode="add"), gap=torch.zeros(1, 1))
+    own = replace(own, gap=torch.zeros(1, 1))  # zero gaps and β = 0: every candidate is a no-op
+    chosen = _calibrated(llama, own, [other], alpha_grid=[1.0], beta_grid=[0.0], positions_grid=[])
+    assert chosen.layers == (0,)
+    assert chosen.strengths.alpha == 0.0
+
+
+def test_band_grid_is_validated_and_left_out_of_the_key_when_unset() -> None:
+    assert "band_grid" not in FitConfig().to_json()  # keys of earlier configurations stay valid
+    cfg = FitConfig.from_overrides({"edit.band_grid": [[0.5, 0.6]]})
+    assert cfg.edit.band_grid == ((0.5, 0.6),)
+    assert '"band_grid": [[0.5, 0.6]]' in cfg.to_json()
+    assert FitConfig.model_validate_json(cfg.to_json()) == cfg
+    with pytest.raises(ValueError, match="band_grid"):
+        FitConfig.from_overrides({"edit.band_grid": [[0.6, 0.5]]})
+
+
+def test_later_options_change_keys_only_when_set() -> None:
+    default = FitConfig()
+    for option, value in [
+        ("pairs.neutral", "labels"),
+        ("pairs.label_negatives", 3),
+        ("pairs.labels", ["a", "b"]),
+    ]:
+        cfg = FitConfig.from_overrides({option: value})
+        assert cfg.generation_key() != default.generation_key()  # pairs change: a new pair cache entry
+        assert cfg.to_json() != default.to_json()
+        assert FitConfig.model_validate_json(cfg.to_json()) == cfg
+    for section, names in LATER_OPTIONS.items():
+        assert all(f'"{name}"' not in json.dumps(default.keyed()[section]) for name in names)

@@ -541,20 +541,29 @@ def test_bench_fit_profiles_exclude_queries() -> None:
                 assert not any(t and t in q.input for t in texts if len(t) > 40)
 
 
-def test_answers_objective_gets_the_task_labels(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "read"),
+    [
+        ("edit.calibration_objective", "answers", lambda c: c.edit.calibration_labels),
+        ("pairs.neutral", "labels", lambda c: c.pairs.labels),
+    ],
+)
+def test_options_needing_labels_get_the_task_labels(
+    tmp_path: Path, option: str, value: str, read: Callable[[FitConfig], tuple[str, ...]]
+) -> None:
     data = news_category(tmp_path / "data")
-    answers = FitConfig.from_overrides({"edit.calibration_objective": "answers"})
-    run = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"], fit_config=answers))
-    assert run.config.fit_config.edit.calibration_labels == run.dataset.task.labels
-    # the default objective is left alone (its checkpoints keep their key)
+    cfg = FitConfig.from_overrides({option: value})
+    run = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"], fit_config=cfg))
+    assert read(run.config.fit_config) == run.dataset.task.labels
+    # the defaults are left alone (their checkpoints and edits keep their keys)
     plain = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"]))
-    assert plain.config.fit_config.edit.calibration_labels == ()
+    assert read(plain.config.fit_config) == ()
     # a label set the FitConfig gives is kept
-    given = answers.model_copy(
-        update={"edit": answers.edit.model_copy(update={"calibration_labels": ("a",)})}
-    )
+    section, _ = option.split(".")
+    field = "calibration_labels" if section == "edit" else "labels"
+    given = FitConfig.from_overrides({option: value, f"{section}.{field}": ["a"]})
     kept = prepare_run(data, tmp_path / "run", EvalConfig(methods=["chameleon"], fit_config=given))
-    assert kept.config.fit_config.edit.calibration_labels == ("a",)
+    assert read(kept.config.fit_config) == ("a",)
 
 
 def test_task_framing_fits_in_the_answering_context(

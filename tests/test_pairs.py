@@ -65,18 +65,25 @@ def test_one_line_answers_cut_the_generated_side(llama: LoadedModel, monkeypatch
     assert {p.neutral for p in kept} == {"1\n1. 1. 1."}
 
 
+def forbid_generation(monkeypatch: pytest.MonkeyPatch, why: str) -> None:
+    def no_generation(*args: Any) -> list[str]:
+        raise AssertionError(why)
+
+    monkeypatch.setattr(pairs_mod, "generate_raw", no_generation)
+
+
+WINE = [
+    HistoryItem("Rate this wine review from 1 to 5: crisp and fresh", "4"),
+    HistoryItem("Rate this wine review from 1 to 5: flabby", "2"),
+    HistoryItem("Rate this wine review from 1 to 5: sublime", "5"),
+]
+
+
 def test_context_pairs_contrast_the_prompt_not_the_answer(
     llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_generation(*args: Any) -> list[str]:
-        raise AssertionError("the context source generates nothing")
-
-    monkeypatch.setattr(pairs_mod, "generate_raw", no_generation)
-    items = [
-        HistoryItem("Rate this wine review from 1 to 5: crisp and fresh", "4"),
-        HistoryItem("Rate this wine review from 1 to 5: flabby", "2"),
-        HistoryItem("Rate this wine review from 1 to 5: sublime", "5"),
-    ]
+    forbid_generation(monkeypatch, "the context source generates nothing")
+    items = WINE
     cfg = PairConfig(source="context", context_items=1, answer_prefix="Score:")
     out = make_pairs(llama, items, INSIGHTS, cfg)
     assert len(out) == 3 and {p.source for p in out} == {"context"} and {p.neutral for p in out} == {""}
@@ -89,10 +96,50 @@ def test_context_pairs_contrast_the_prompt_not_the_answer(
     assert neg == [chat_prompt(llama, query) + "Score:"]
 
 
-def test_context_pairs_survive_the_near_duplicate_filter() -> None:
+@pytest.mark.parametrize(
+    "pair",
+    [Pair("q", "Earlier answers of this user:\n- a -> b", "", "context"), Pair("q", "4", "3", "labels")],
+)
+def test_context_and_label_pairs_survive_the_near_duplicate_filter(pair: Pair) -> None:
     class NoEmbedder:
         def encode(self, texts: list[str]) -> Any:
-            raise AssertionError("context pairs are not compared by embedding")
+            raise AssertionError("their sides differ by construction: not compared by embedding")
 
-    pair = Pair("q", "Earlier answers of this user:\n- a -> b", "", "context")
     assert pairs_mod.filter_pairs([pair], NoEmbedder(), 0.5) == [pair]  # type: ignore[arg-type]
+
+
+def test_label_neutrals_contrast_the_users_answer_with_other_labels(
+    llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    forbid_generation(monkeypatch, "label-neutral history pairs generate nothing")
+    labels = ("1", "2", "3", "4", "5")
+    cfg = PairConfig(source="history", neutral="labels", label_negatives=3)
+    out = make_pairs(llama, WINE, INSIGHTS, cfg, seed=7, labels=labels)
+    assert len(out) == 9 and {p.source for p in out} == {"labels"}
+    for it in WINE:
+        mine = [p for p in out if p.query == it.input]
+        assert {p.personal for p in mine} == {it.output}
+        negatives = [p.neutral for p in mine]
+        assert len(set(negatives)) == 3 and it.output not in negatives and set(negatives) <= set(labels)
+    assert make_pairs(llama, WINE, INSIGHTS, cfg, seed=7, labels=labels) == out  # seeded
+    assert make_pairs(llama, WINE, INSIGHTS, cfg, seed=8, labels=labels) != out
+    # more negatives than other labels: every other label once
+    two = make_pairs(
+        llama, WINE[:1], INSIGHTS, cfg.model_copy(update={"label_negatives": 9}), labels=("4", "2")
+    )
+    assert [(p.personal, p.neutral) for p in two] == [("4", "2")]
+    assert not pairs_mod.needs_insights(cfg, labels)
+
+
+def test_label_neutrals_need_a_label_set(llama: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pairs_mod, "generate_raw", lambda lm, t, e, o: ["3"] * len(t))
+    cfg = PairConfig(source="history", neutral="labels")
+    out = make_pairs(llama, WINE, INSIGHTS, cfg, labels=())  # no label set: the model's answer
+    assert {p.source for p in out} == {"history"} and {p.neutral for p in out} == {"3"}
+    assert pairs_mod.needs_insights(cfg, ())
+    # mixed: label pairs for the history side, generated synthetic pairs beside them
+    mixed = make_pairs(
+        llama, WINE, INSIGHTS, cfg.model_copy(update={"source": "mixed"}), labels=("2", "4", "5")
+    )
+    assert sorted({p.source for p in mixed}) == ["labels", "synthetic"]
+    assert pairs_mod.needs_insights(cfg.model_copy(update={"source": "mixed"}), ("2", "4"))

@@ -42,6 +42,8 @@ class Calibration:
     # log-probability of the user's answers
     answer_scores: dict[tuple[str, float, float], float] | None = None
     answer_baseline: float | None = None
+    # how the chosen candidate ranked (larger is better): compares calibrations of other layers
+    rank: tuple[bool, float, float, float, bool] = (True, 0.0, 0.0, 0.0, True)
 
 
 def _prompts(lm: LoadedModel, items: Sequence[HistoryItem], answer_prefix: str) -> list[str]:
@@ -201,4 +203,5 @@ def calibrate_alpha(
         objective="answers" if answers is not None else "loglik",
         answer_scores=answers,
         answer_baseline=answer_baseline,
+        rank=rank(best),
     )

@@ -62,6 +62,20 @@ class PairConfig(_Stage):
         description="cut generated responses at their first line break when the user's own answer "
         "is one line (labels, scores, titles), so pairs contrast answers, not rambling",
     )
+    neutral: Literal["model", "labels"] = Field(
+        "model",
+        description="neutral side of history pairs: model (the model's own answer, written with the "
+        "neutral insight) | labels (other answers of the label set, drawn uniformly: what a user "
+        "without a preference would answer; no generation; needs a label set, else model)",
+    )
+    labels: tuple[str, ...] = Field(
+        (),
+        description="neutral=labels: the answer set (the harness passes its task's labels); empty: the "
+        "distinct answers in the user's history when they look like labels",
+    )
+    label_negatives: int = Field(
+        2, ge=1, description="neutral=labels: other labels drawn per query, a pair each"
+    )
     context_items: int = Field(6, ge=1, description="context source: history items shown per query")
     context_chars: int = Field(200, ge=20, description="context source: characters kept per shown text")
     answer_prefix: str = Field(
@@ -135,6 +149,11 @@ class EditConfig(_Stage):
     positions_grid: tuple[Position, ...] = Field(
         ("all",), description="other positions calibration may choose (empty: only `positions`)"
     )
+    band_grid: tuple[tuple[float, float], ...] = Field(
+        (),
+        description="other depth bands (fractions of depth, as directions.band) calibration may move "
+        "the edit to, scored on the same held-out items (empty: the layers directions.layer_rule chose)",
+    )
     calibration_items: int = Field(8, ge=1, description="held-out history items (not used for pairs)")
     calibration_objective: CalibrationObjective = Field(
         "loglik",
@@ -153,6 +172,21 @@ class EditConfig(_Stage):
         description="the answer set for the answers objective (the harness passes the task's labels); "
         "empty: the distinct answers in the user's history when they look like labels",
     )
+
+    @model_validator(mode="after")
+    def _bands_ok(self) -> EditConfig:
+        for lo, hi in self.band_grid:
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"band_grid: every band must satisfy 0 <= low < high <= 1, got {(lo, hi)}")
+        return self
+
+
+# Options added after edits were first cached. ``FitConfig.to_json`` (the cache key) leaves them out
+# while they are at their default, so the keys of configurations that do not use them stay valid.
+LATER_OPTIONS: dict[str, tuple[str, ...]] = {
+    "pairs": ("neutral", "labels", "label_negatives"),
+    "edit": ("band_grid",),
+}
 
 
 class FitConfig(_Stage):
@@ -176,17 +210,24 @@ class FitConfig(_Stage):
             )
         return self
 
+    def keyed(self) -> dict[str, object]:
+        """The configuration as keys are made from it: options in ``LATER_OPTIONS`` only when set."""
+        data = self.model_dump(mode="json")
+        for section, names in LATER_OPTIONS.items():
+            stage = getattr(self, section)
+            for name in names:
+                if getattr(stage, name) == type(stage).model_fields[name].default:
+                    del data[section][name]
+        return data
+
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Canonical JSON of :meth:`keyed` (``model_validate_json`` restores the full configuration)."""
+        return json.dumps(self.keyed(), sort_keys=True)
 
     def generation_key(self) -> str:
         """Hash of everything that changes generated texts (the pair cache key)."""
-        parts = {
-            "seed": self.seed,
-            "selection": self.selection.model_dump(mode="json"),
-            "insights": self.insights.model_dump(mode="json"),
-            "pairs": self.pairs.model_dump(mode="json"),
-        }
+        data = self.keyed()
+        parts = {"seed": self.seed, **{k: data[k] for k in ("selection", "insights", "pairs")}}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod

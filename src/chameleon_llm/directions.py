@@ -192,12 +192,16 @@ def select_by_ccs_loss(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfi
     return sorted(torch.argsort(loss)[: cfg.n_layers].tolist())
 
 
+def band_layers(n_layers: int, band: tuple[float, float]) -> list[int]:
+    """The layers in a band of depth, e.g. (0.3, 0.4) of 30 layers: 9, 10, 11 (at least one)."""
+    lo, hi = band
+    first, last = int(lo * n_layers), max(int(lo * n_layers) + 1, round(hi * n_layers))
+    return list(range(min(first, n_layers - 1), min(last, n_layers)))
+
+
 def select_band(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, seed: int) -> list[int]:
     """A fixed band of depth, e.g. (0.3, 0.6) of the layers."""
-    n_layers = pos.shape[1]
-    lo, hi = cfg.band
-    first, last = int(lo * n_layers), max(int(lo * n_layers) + 1, round(hi * n_layers))
-    return list(range(first, min(last, n_layers)))
+    return band_layers(pos.shape[1], cfg.band)
 
 
 def select_by_validation(pos: torch.Tensor, neg: torch.Tensor, cfg: DirectionConfig, seed: int) -> list[int]:

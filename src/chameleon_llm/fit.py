@@ -12,15 +12,23 @@ from pathlib import Path
 import torch
 
 from .activations import collect_last_token
-from .calibration import calibrate_alpha, history_labels
+from .calibration import Calibration, calibrate_alpha, history_labels
 from .config import FitConfig
-from .directions import Directions, estimate, select_layers
+from .directions import Directions, band_layers, estimate, select_layers
 from .edit import UserEdit
 from .embeddings import Embedder, get_embedder
 from .history import HistoryItem, history_fingerprint
 from .insights import Insights, write_insights
 from .models import LoadedModel, cache_dir, chat_prompt
-from .pairs import Pair, filter_pairs, load_pairs, make_pairs, response_text, save_pairs
+from .pairs import (
+    Pair,
+    filter_pairs,
+    load_pairs,
+    make_pairs,
+    needs_insights,
+    response_text,
+    save_pairs,
+)
 from .provenance import provenance
 from .selection import select_representative
 
@@ -104,14 +112,28 @@ def build_pairs(
         timings["insights"] = timings["pairs"] = 0.0
         return cached[0], cached[1], selected
     torch.manual_seed(cfg.seed)
+    labels = pair_labels(history, cfg)
     with _timed(timings, "insights", progress):
-        insights = write_insights(lm, items, cfg.insights)
+        insights = (
+            write_insights(lm, items, cfg.insights)
+            if needs_insights(cfg.pairs, labels)
+            else Insights("", "", personal_checked=False)  # no prompt uses them
+        )
     with _timed(timings, "pairs", progress):
-        raw = make_pairs(lm, items, insights, cfg.pairs, seed=cfg.seed, version=cfg.insights.prompt_version)
+        raw = make_pairs(
+            lm, items, insights, cfg.pairs, seed=cfg.seed, version=cfg.insights.prompt_version, labels=labels
+        )
         pairs = filter_pairs(raw, embedder, cfg.pairs.min_cosine_distance)
     if cache is not None:
         save_pairs(cache, pairs, insights)
     return pairs, insights, selected
+
+
+def pair_labels(history: Sequence[HistoryItem], cfg: FitConfig) -> tuple[str, ...]:
+    """The answer set for label-neutral pairs: ``pairs.labels``, else the history's labels, else none."""
+    if cfg.pairs.neutral != "labels":
+        return ()
+    return cfg.pairs.labels or history_labels(history)
 
 
 def edit_from_pairs(
@@ -181,8 +203,11 @@ def calibrate_edit(
     cfg: FitConfig,
     timings: dict[str, float],
     progress: Progress | None = None,
+    alternatives: Sequence[UserEdit] = (),
 ) -> UserEdit:
-    """Set (positions, α, β) by the calibration objective on history items not used for pairs."""
+    """Set (positions, α, β) by the calibration objective on history items not used for pairs; with
+    ``alternatives`` (the same edit on other layers, see :func:`band_edits`) the layers too: each is
+    calibrated on the same items and the best calibration wins (ties keep ``edit``'s layers)."""
     used = set(selected)
     heldout = [it for i, it in enumerate(history) if i not in used][: cfg.edit.calibration_items]
     if not heldout:
@@ -191,18 +216,24 @@ def calibrate_edit(
     labels: tuple[str, ...] = ()
     if cfg.edit.calibration_objective == "answers":
         labels = cfg.edit.calibration_labels or history_labels(history)
+    candidates = [edit, *alternatives]
     with _timed(timings, "calibrate", progress):
-        cal = calibrate_alpha(
-            lm,
-            edit,
-            heldout,
-            cfg.edit.alpha_grid,
-            cfg.edit.beta_grid,
-            positions_grid=cfg.edit.positions_grid,
-            answer_prefix=cfg.pairs.answer_prefix,
-            labels=labels,
-            guard=cfg.edit.calibration_guard,
-        )
+        cals = [
+            calibrate_alpha(
+                lm,
+                cand,
+                heldout,
+                cfg.edit.alpha_grid,
+                cfg.edit.beta_grid,
+                positions_grid=cfg.edit.positions_grid,
+                answer_prefix=cfg.pairs.answer_prefix,
+                labels=labels,
+                guard=cfg.edit.calibration_guard,
+            )
+            for cand in candidates
+        ]
+    chosen = max(range(len(cals)), key=lambda i: (cals[i].rank, -i))
+    edit, cal = candidates[chosen], cals[chosen]
     several = len({pos for pos, _, _ in cal.scores}) > 1
 
     def name(key: tuple[str, float, float]) -> str:
@@ -221,6 +252,13 @@ def calibrate_edit(
         "loglik_best": round(cal.scores[best], 5),
         per: {name(k): round(v, 5) for k, v in cal.scores.items()},
     }
+    if alternatives:
+        record["layers"] = list(edit.layers)
+        record["by_layers"] = {
+            _span(cand.layers): {"alpha": c.alpha, "beta": c.beta, "loglik": round(c.scores[_best(c)], 5)}
+            | ({"answer_score": round(c.answer_scores[_best(c)], 5)} if c.answer_scores is not None else {})
+            for cand, c in zip(candidates, cals, strict=True)
+        }
     if cfg.edit.calibration_objective == "answers" and not labels:
         record["objective_note"] = "answers objective without a label set: fell back to loglik"
     if cal.answer_scores is not None and cal.answer_baseline is not None:
@@ -233,6 +271,36 @@ def calibrate_edit(
         stats=stats,
         provenance={**edit.provenance, "timings": timings},
     )
+
+
+def _best(cal: Calibration) -> tuple[str, float, float]:
+    return (cal.positions, cal.alpha, cal.beta)
+
+
+def _span(layers: Sequence[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if len(layers) > 1 else str(layers[0])
+
+
+def band_edits(edit: UserEdit, dirs: Directions, bands: Sequence[tuple[float, float]]) -> list[UserEdit]:
+    """``edit`` moved to each band of depth (directions of those layers; bands giving ``edit``'s own
+    layers, or layers already listed, are skipped)."""
+    out: list[UserEdit] = []
+    seen = {edit.layers}
+    for band in bands:
+        layers = band_layers(dirs.personal.shape[0], band)
+        if tuple(layers) in seen:
+            continue
+        seen.add(tuple(layers))
+        out.append(
+            replace(
+                edit,
+                layers=tuple(layers),
+                personal=dirs.personal[layers].contiguous(),
+                neutral=dirs.neutral[layers].contiguous(),
+                gap=dirs.gap[layers].contiguous(),
+            )
+        )
+    return out
 
 
 def fit_user(
@@ -259,7 +327,8 @@ def fit_user(
     pairs, insights, selected = build_pairs(lm, history, cfg, emb, timings, progress, cache_path)
     edit, dirs = edit_from_pairs(lm, pairs, cfg, insights, timings, progress)
     if cfg.edit.calibrate:
-        edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress)
+        others = band_edits(edit, dirs, cfg.edit.band_grid)
+        edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress, others)
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 4)
     return FitResult(
         edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings, directions=dirs

@@ -1,9 +1,14 @@
-"""Personalized / neutral response pairs: synthetic (the paper), history-grounded, or mixed."""
+"""Personalized / neutral response pairs: synthetic (the paper), history-grounded, or mixed.
+
+History pairs put the user's real answer on the personalized side; the neutral side is the model's own
+answer, or, for label answers (``pairs.neutral=labels``), other labels of the answer set.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +33,7 @@ class Pair:
     query: str
     personal: str
     neutral: str
-    source: str  # "synthetic" | "history" | "context"
+    source: str  # "synthetic" | "history" | "labels" (history answer vs another label) | "context"
 
 
 CONTEXT_HEADER = "Earlier answers of this user:"
@@ -116,6 +121,32 @@ def context_pairs(items: Sequence[HistoryItem], cfg: PairConfig) -> list[Pair]:
     return pairs
 
 
+def label_pairs(
+    items: Sequence[HistoryItem], labels: Sequence[str], per_item: int, seed: int = 0
+) -> list[Pair]:
+    """Per item: its answer vs ``per_item`` other labels drawn uniformly (seeded by item), a pair each."""
+    pairs = []
+    for it in items:
+        gold = it.output.strip()
+        if not gold:
+            continue
+        others = [label for label in dict.fromkeys(labels) if label != gold]
+        rng = random.Random(f"{seed}:{_query(it)}")
+        for other in rng.sample(others, min(per_item, len(others))):
+            pairs.append(Pair(_query(it), gold, other, "labels"))
+    return pairs
+
+
+def uses_label_neutrals(cfg: PairConfig, labels: Sequence[str]) -> bool:
+    """Whether history pairs take other labels as their neutral side (``neutral=labels`` with a label set)."""
+    return cfg.neutral == "labels" and len(set(labels)) >= 2 and cfg.source in ("history", "mixed")
+
+
+def needs_insights(cfg: PairConfig, labels: Sequence[str] = ()) -> bool:
+    """Whether building pairs asks the model for insights (not for context or label-neutral history pairs)."""
+    return not (cfg.source == "context" or (cfg.source == "history" and uses_label_neutrals(cfg, labels)))
+
+
 def make_pairs(
     lm: LoadedModel,
     items: Sequence[HistoryItem],
@@ -124,11 +155,19 @@ def make_pairs(
     *,
     seed: int = 0,
     version: str = "v1",
+    labels: Sequence[str] = (),
 ) -> list[Pair]:
-    """Build pairs for the first ``cfg.n_queries`` items (generation batched)."""
+    """Build pairs for the first ``cfg.n_queries`` items (generation batched). ``labels``: the answer
+    set for ``cfg.neutral == "labels"``."""
     if cfg.source == "context":
         return context_pairs(items, cfg)
     chosen = list(items)[: cfg.n_queries]
+    from_labels = uses_label_neutrals(cfg, labels)
+    pairs: list[Pair] = []
+    if from_labels:
+        pairs += label_pairs(chosen, labels, cfg.label_negatives, seed)
+        if cfg.source == "history":
+            return pairs
     opts = GenerationOptions(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     prefix = cfg.answer_prefix
     neutral = [
@@ -139,7 +178,6 @@ def make_pairs(
     ]
     if cfg.one_line:
         neutral = [first_line_if(it.output, t) for it, t in zip(chosen, neutral, strict=True)]
-    pairs: list[Pair] = []
     if cfg.source in ("synthetic", "mixed"):
         personal_prompts = [q + prefix for q in _personal_prompts(lm, chosen, insights, version)]
         personal = [t.strip() for t in generate_raw(lm, personal_prompts, None, opts)]
@@ -148,15 +186,18 @@ def make_pairs(
         pairs += [
             Pair(_query(it), p, n, "synthetic") for it, p, n in zip(chosen, personal, neutral, strict=True)
         ]
-    if cfg.source in ("history", "mixed"):
+    if cfg.source in ("history", "mixed") and not from_labels:
         pairs += [Pair(_query(it), it.output, n, "history") for it, n in zip(chosen, neutral, strict=True)]
     return pairs
 
 
 def filter_pairs(pairs: Sequence[Pair], embedder: Embedder, min_distance: float) -> list[Pair]:
-    """Drop pairs whose two responses are near-identical (1 − cosine < ``min_distance``) or empty."""
-    context = [p for p in pairs if p.source == "context"]  # their sides differ in the prompt: kept
-    kept = [p for p in pairs if p.source != "context" and p.personal.strip() and p.neutral.strip()]
+    """Drop pairs whose two responses are near-identical (1 − cosine < ``min_distance``) or empty.
+    Context and label pairs are kept (their sides differ by construction; "3" and "4" embed alike)."""
+    context = [p for p in pairs if p.source in ("context", "labels")]
+    kept = [
+        p for p in pairs if p.source not in ("context", "labels") and p.personal.strip() and p.neutral.strip()
+    ]
     if not kept or min_distance <= 0:
         return context + kept
     a = embedder.encode([p.personal for p in kept])

@@ -218,7 +218,8 @@ class Run:
 
 def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec) -> EvalConfig:
     """With task (or rag) framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
-    with the ``answers`` calibration objective, give calibration the task's labels (unless set)."""
+    with the ``answers`` calibration objective or label-neutral pairs, give them the task's labels (unless
+    set)."""
     if config.history_framing not in ("task", "rag"):
         return config
     fit = config.fit_config
@@ -230,6 +231,9 @@ def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: Task
     wants = edit.calibration_objective == "answers" and not edit.calibration_labels
     if wants and spec.kind != "generation" and spec.labels:
         fit = fit.model_copy(update={"edit": edit.model_copy(update={"calibration_labels": spec.labels})})
+    pairs = fit.pairs
+    if pairs.neutral == "labels" and not pairs.labels and spec.kind != "generation" and spec.labels:
+        fit = fit.model_copy(update={"pairs": pairs.model_copy(update={"labels": spec.labels})})
     return config if fit is config.fit_config else replace(config, fit_config=fit)
 
 

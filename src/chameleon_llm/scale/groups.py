@@ -40,7 +40,14 @@ import numpy as np
 from chameleon_llm.config import FitConfig
 from chameleon_llm.edit import UserEdit, atomic_write_text
 from chameleon_llm.embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
-from chameleon_llm.fit import FitError, _pair_cache_path, build_pairs, calibrate_edit, edit_from_pairs
+from chameleon_llm.fit import (
+    FitError,
+    _pair_cache_path,
+    band_edits,
+    build_pairs,
+    calibrate_edit,
+    edit_from_pairs,
+)
 from chameleon_llm.history import HistoryItem
 from chameleon_llm.insights import Insights
 from chameleon_llm.lamp.tasks import TaskSpec, build_prompt, get_task
@@ -317,7 +324,7 @@ def _fit_group(
     pooled = pool_pairs([d.pairs for d in datas], options.max_pairs, options.seed)
     group.n_pairs = len(pooled)
     try:
-        edit, _ = edit_from_pairs(
+        edit, dirs = edit_from_pairs(
             lm,
             pooled,
             config,
@@ -331,7 +338,8 @@ def _fit_group(
         return
     if config.edit.calibrate:  # α (and β) by held-out log-likelihood, on the members' unused items
         heldout = pool_items([d.heldout for d in datas], config.edit.calibration_items)
-        edit = calibrate_edit(lm, edit, heldout, [], config, {})
+        others = band_edits(edit, dirs, config.edit.band_grid)
+        edit = calibrate_edit(lm, edit, heldout, [], config, {}, None, others)
     group.edit = f"edits/{group.id}.safetensors"
     group.edit_id = edit.id
     edit.save(root / group.edit)
