@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from chameleon_llm import calibration
-from chameleon_llm.calibration import calibrate_alpha, heldout_answer_scores, heldout_loglik, history_labels
+from chameleon_llm.calibration import calibrate_alpha, heldout_answer_scores, heldout_loglik
 from chameleon_llm.config import LATER_OPTIONS, FitConfig
 from chameleon_llm.directions import Directions
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.evaluation.prompting import score_labels
 from chameleon_llm.fit import band_edits, calibrate_edit
 from chameleon_llm.history import HistoryItem
+from chameleon_llm.labels import LabelRule, history_labels
 from chameleon_llm.models import LoadedModel, chat_prompt
 
 ITEMS = [
@@ -108,15 +109,16 @@ def test_history_labels_only_for_label_like_answers() -> None:
     assert history_labels(long) == ()
 
 
-def test_answer_scores_match_label_scoring(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("rule", ["argmax", "median"])  # on this model they answer 1 vs 3
+def test_answer_scores_match_label_scoring(llama: LoadedModel, make_edit, rule: LabelRule) -> None:  # type: ignore[no-untyped-def]
     labels = ["1", "2", "3", "4", "5"]
     edit = make_edit(llama, mode="add", alpha=3.0, positions="all")
     for candidate in (None, edit):
         ((score, loglik),) = heldout_answer_scores(
-            llama, [candidate], LABELED, labels, answer_prefix="Score:"
+            llama, [candidate], LABELED, labels, answer_prefix="Score:", rule=rule
         )
         prompts = [chat_prompt(llama, it.input, assistant_prefix="Score:") for it in LABELED]
-        chosen = score_labels(llama, prompts, labels, candidate, prefixed=True)
+        chosen = score_labels(llama, prompts, labels, candidate, prefixed=True, rule=rule)
         expected = -sum(abs(int(c) - int(it.output)) for c, it in zip(chosen, LABELED, strict=True)) / 3
         assert score == pytest.approx(expected)
         assert loglik < 0

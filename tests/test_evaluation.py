@@ -566,6 +566,20 @@ def test_options_needing_labels_get_the_task_labels(
     assert read(kept.config.fit_config) == ("a",)
 
 
+def test_answers_objective_calibrates_with_the_tasks_label_rule() -> None:
+    from chameleon_llm.evaluation.runner import with_task_context
+
+    answers = FitConfig.from_overrides({"edit.calibration_objective": "answers"})
+    for task, rule in (("LaMP_3", "median"), ("LaMP_2N", "argmax")):
+        spec = get_task(task)
+        for settings, expected in ((EvalSettings(), rule), (EvalSettings(label_rule="argmax"), "argmax")):
+            cfg = with_task_context(EvalConfig(fit_config=answers), settings.resolve(spec), spec)
+            assert cfg.fit_config.edit.calibration_label_rule == expected
+    spec = get_task("LaMP_3")  # the default objective is left alone (its edits keep their keys)
+    plain = with_task_context(EvalConfig(), EvalSettings().resolve(spec), spec)
+    assert plain.fit_config.edit.calibration_label_rule == "argmax"
+
+
 def test_task_framing_fits_in_the_answering_context(
     tmp_path: Path, llama: LoadedModel, make_edit: Callable[..., Any]
 ) -> None:

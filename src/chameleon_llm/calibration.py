@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from .edit import UserEdit
 from .generation import cached_continuation_logprobs_many, continuation_logprobs_many
 from .history import HistoryItem
+from .labels import LabelRule, as_number, choose_label
 from .models import LoadedModel, chat_prompt, complete_answer
 
 DEFAULT_QUERY = "Write something in your usual style."
@@ -81,41 +82,21 @@ def heldout_loglik(
     return heldout_logliks(lm, [edit], items, max_chars, answer_prefix)[0]
 
 
-def as_number(text: str) -> float | None:
-    """``text`` as a number, or ``None`` when it is not one (numeric labels such as ratings)."""
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
-def history_labels(
-    items: Sequence[HistoryItem], max_labels: int = 30, max_chars: int = 40
-) -> tuple[str, ...]:
-    """The distinct answers in ``items`` when they look like a label set (some repeat, all short and
-    on one line), else ``()``."""
-    answers = [it.output.strip() for it in items if it.output.strip()]
-    distinct = tuple(dict.fromkeys(answers))
-    if not 2 <= len(distinct) <= max_labels or len(distinct) == len(answers):
-        return ()
-    if any(len(a) > max_chars or "\n" in a for a in distinct):
-        return ()
-    return distinct
-
-
 def heldout_answer_scores(
     lm: LoadedModel,
     edits: Sequence[UserEdit | None],
     items: Sequence[HistoryItem],
     labels: Sequence[str],
     answer_prefix: str = "",
+    rule: LabelRule = "argmax",
 ) -> list[tuple[float, float]]:
     """Per candidate edit: (task score, mean log-probability of the user's answers).
 
-    The task score averages, over the items, whether the label with the highest log-likelihood (label
-    then end-of-turn, as the harness's label scoring) is the user's answer, or minus its absolute
-    error when the labels and the answer are numbers. A user answer missing from ``labels`` is added
-    to that item's candidates.
+    The task score averages, over the items, whether the label chosen by ``rule`` from the labels'
+    log-likelihoods (label then end-of-turn, as the harness's label scoring; see
+    :func:`chameleon_llm.labels.choose_label`) is the user's answer, or minus its absolute error when
+    the labels and the answer are numbers. A user answer missing from ``labels`` is added to that
+    item's candidates.
     """
     if not items or not labels:
         raise ValueError("answer scoring needs held-out items and a label set")
@@ -131,7 +112,7 @@ def heldout_answer_scores(
         rows = cached_continuation_logprobs_many(lm, prompt, conts, edits)
         g = as_number(gold)
         for k, row in enumerate(rows):
-            pred = cands[max(range(len(cands)), key=lambda j: (row[j], -j))]
+            pred = choose_label(cands, row, rule if numeric else "argmax")
             loglik[k] += row[cands.index(gold)]
             p = as_number(pred)
             score[k] += -abs(p - g) if numeric and p is not None and g is not None else float(pred == gold)
@@ -149,6 +130,7 @@ def calibrate_alpha(
     answer_prefix: str = "",
     labels: Sequence[str] = (),
     guard: bool = True,
+    label_rule: LabelRule = "argmax",
 ) -> Calibration:
     """Pick (positions, α, β) from ``positions_grid`` (default: the edit's positions) × ``grid`` (plus 0)
     × ``beta_grid`` (default: the edit's β) maximizing held-out log-likelihood, or, with ``labels``,
@@ -176,7 +158,7 @@ def calibrate_alpha(
     answer_baseline = None
     if labels:
         (answer_baseline, baseline), *pairs = heldout_answer_scores(
-            lm, candidates, items, labels, answer_prefix
+            lm, candidates, items, labels, answer_prefix, label_rule
         )
         answers = {k: m for k, (m, _) in zip(keys, pairs, strict=True)}
         scores = {k: ll for k, (_, ll) in zip(keys, pairs, strict=True)}

@@ -167,6 +167,12 @@ class EditConfig(_Stage):
         description="answers objective: exclude edits that make the user's held-out answers less likely "
         "than no edit (strong edits that wreck the text can still rank the right label first)",
     )
+    calibration_label_rule: Literal["argmax", "median"] = Field(
+        "argmax",
+        description="answers objective: how the edited model's answer is read from the labels' "
+        "likelihoods, as the harness answers (argmax: the likeliest label; median: the median of the "
+        "distribution over numeric labels; the harness sets the rule it answers its task with)",
+    )
     calibration_labels: tuple[str, ...] = Field(
         (),
         description="the answer set for the answers objective (the harness passes the task's labels); "
@@ -185,7 +191,7 @@ class EditConfig(_Stage):
 # while they are at their default, so the keys of configurations that do not use them stay valid.
 LATER_OPTIONS: dict[str, tuple[str, ...]] = {
     "pairs": ("neutral", "labels", "label_negatives"),
-    "edit": ("band_grid",),
+    "edit": ("band_grid", "calibration_label_rule"),
 }
 
 

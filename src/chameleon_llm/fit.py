@@ -12,13 +12,14 @@ from pathlib import Path
 import torch
 
 from .activations import collect_last_token
-from .calibration import Calibration, calibrate_alpha, history_labels
+from .calibration import Calibration, calibrate_alpha
 from .config import FitConfig
 from .directions import Directions, band_layers, estimate, select_layers
 from .edit import UserEdit
 from .embeddings import Embedder, get_embedder
 from .history import HistoryItem, history_fingerprint
 from .insights import Insights, write_insights
+from .labels import history_labels
 from .models import LoadedModel, cache_dir, chat_prompt
 from .pairs import (
     Pair,
@@ -229,6 +230,7 @@ def calibrate_edit(
                 answer_prefix=cfg.pairs.answer_prefix,
                 labels=labels,
                 guard=cfg.edit.calibration_guard,
+                label_rule=cfg.edit.calibration_label_rule,
             )
             for cand in candidates
         ]

@@ -9,14 +9,13 @@ edit or steering applied while the model runs.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
-from chameleon_llm.calibration import as_number
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import GenerationOptions, cached_continuation_logprobs, generate_raw
+from chameleon_llm.labels import LABEL_RULES, LabelRule, LabelRuleError, as_number, choose_label
 from chameleon_llm.lamp.tasks import TaskSpec, extract_query_text
 from chameleon_llm.models import LoadedModel, chat_prompt, complete_answer
 
@@ -31,16 +30,6 @@ ANSWER_PREFIXES: dict[str, str] = {
     "LaMP_6": "Subject:",
     "LaMP_7": "Paraphrase:",
 }
-
-# How label scoring turns the labels' log-likelihoods into one answer: the likeliest label, or the
-# median of the distribution over numeric labels (the answer minimizing the expected absolute error).
-LabelRule = Literal["argmax", "median"]
-LABEL_RULES: tuple[str, ...] = ("argmax", "median")
-
-
-class LabelRuleError(ValueError):
-    """A label rule that does not apply (unknown, or ``median`` for labels that are not numbers)."""
-
 
 # Defaults per task kind: (answer prefix, label scoring, label rule). Prefix and scoring were chosen by
 # running `base` on the bench tasks every way (benchmarks/results/quality_defaults.json); the rating
@@ -136,34 +125,6 @@ def label_candidates(spec: TaskSpec) -> list[str]:
 def render(lm: LoadedModel, message: str, settings: ResolvedSettings) -> str:
     """The user message through the chat template, plus the answer prefix in the assistant turn."""
     return chat_prompt(lm, message, assistant_prefix=settings.answer_prefix)
-
-
-def choose_label(labels: Sequence[str], logprobs: Sequence[float], rule: LabelRule = "argmax") -> str:
-    """One answer from the labels' log-likelihoods.
-
-    ``argmax``: the likeliest label (ties: the one listed first). ``median``: the labels' likelihoods
-    normalized into a distribution, the smallest numeric label whose cumulative probability reaches
-    one half (ties between equal values: the one listed first).
-    """
-    if len(labels) != len(logprobs) or not labels:
-        raise ValueError(f"need one log-likelihood per label, got {len(logprobs)} for {len(labels)} labels")
-    if rule == "argmax":
-        return labels[max(range(len(labels)), key=lambda j: (logprobs[j], -j))]
-    if rule != "median":
-        raise LabelRuleError(f"label rule must be one of {', '.join(LABEL_RULES)}, got {rule!r}")
-    values = [as_number(label) for label in labels]
-    if any(v is None for v in values):
-        raise LabelRuleError("label rule 'median' needs numeric labels; use 'argmax'")
-    top = max(logprobs)
-    weights = [math.exp(lp - top) for lp in logprobs]
-    total = sum(weights)
-    order = sorted(range(len(labels)), key=lambda j: (values[j], j))
-    cumulative = 0.0
-    for j in order:
-        cumulative += weights[j] / total
-        if cumulative >= 0.5 - 1e-12:
-            return labels[j]
-    return labels[order[-1]]
 
 
 def score_labels(

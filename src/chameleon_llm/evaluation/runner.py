@@ -219,7 +219,7 @@ class Run:
 def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: TaskSpec) -> EvalConfig:
     """With task (or rag) framing, fit edits after the task's answer prefix (unless the FitConfig sets one);
     with the ``answers`` calibration objective or label-neutral pairs, give them the task's labels (unless
-    set)."""
+    set), and the objective the label rule the task is answered with."""
     if config.history_framing not in ("task", "rag"):
         return config
     fit = config.fit_config
@@ -228,9 +228,13 @@ def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: Task
             update={"pairs": fit.pairs.model_copy(update={"answer_prefix": resolved.answer_prefix})}
         )
     edit = fit.edit
-    wants = edit.calibration_objective == "answers" and not edit.calibration_labels
-    if wants and spec.kind != "generation" and spec.labels:
-        fit = fit.model_copy(update={"edit": edit.model_copy(update={"calibration_labels": spec.labels})})
+    answers = edit.calibration_objective == "answers"
+    if answers and not edit.calibration_labels and spec.kind != "generation" and spec.labels:
+        edit = edit.model_copy(update={"calibration_labels": spec.labels})
+    if answers and edit.calibration_label_rule == "argmax" and resolved.label_rule != "argmax":
+        edit = edit.model_copy(update={"calibration_label_rule": resolved.label_rule})
+    if edit is not fit.edit:
+        fit = fit.model_copy(update={"edit": edit})
     pairs = fit.pairs
     if pairs.neutral == "labels" and not pairs.labels and spec.kind != "generation" and spec.labels:
         fit = fit.model_copy(update={"pairs": pairs.model_copy(update={"labels": spec.labels})})
