@@ -56,6 +56,8 @@ ROWS = {
     "labels per query, no generated neutral (news-category, every author; default 0.637 / 0.688)",
     "ablation_label_neutral_wine.json": "default + `pairs.neutral=labels` (wine-rating, every critic; "
     "default 0.591 / 0.795)",
+    "ablation_answers_median_wine.json": "default + calibration objective `answers`, answers read by the "
+    "median rule the task is answered with (wine-rating, every critic; default 0.591)",
 }
 # Rows whose "chameleon" column is another method of the file.
 CHAMELEON_COLUMN = {
