@@ -69,7 +69,8 @@ def collect_last_token(
                     weights["w"] = _last_n_weights(
                         mean_last[start : start + len(chunk)], enc["attention_mask"]
                     )
-                lm.model(**enc, **position_kwargs(lm.model, enc["attention_mask"]))
+                # hidden states come from the hooks: the LM head runs on one position only
+                lm.model(**enc, logits_to_keep=1, **position_kwargs(lm.model, enc["attention_mask"]))
                 for slot in range(len(layer_ids)):
                     out[start : start + len(chunk), slot] = captured[slot]
     finally:

@@ -154,7 +154,8 @@ def _full_pass(
     rows = list(edits) if isinstance(edits, Sequence) else [edits] * len(prompt_lens)
     with torch.inference_mode(), steer(lm, rows, batch_size=len(rows), prompt_len=prompt_lens):
         positions = position_kwargs(lm.model, mask)
-        logits = lm.model(input_ids=input_ids, attention_mask=mask, **positions).logits
+        keep = min(input_ids.shape[1], max(cont_lens) + 1)  # the LM head only where it is read
+        logits = lm.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep, **positions).logits
     return _sum_logprobs(logits, input_ids, cont_lens)
 
 
@@ -201,12 +202,14 @@ def continuation_logprobs_many(
                 **prefix,
             )
             suffix = {k: v[:, split:] for k, v in positions.items()}
+            keep = min(input_ids.shape[1] - split, max(cont_lens) + 1)
             for i in shared:
                 with steer(lm, candidates[i], batch_size=len(prompts), prompt_len=prompt_lens):
                     logits = lm.model(
                         input_ids=input_ids[:, split:],
                         attention_mask=mask,
                         use_cache=True,
+                        logits_to_keep=keep,
                         **past,
                         **suffix,
                     ).logits
