@@ -52,6 +52,10 @@ ROWS = {
     "0.3–0.4): calibration also chooses the layers per user (news-category users 1–12, default 0.708 there)",
     "ablation_band_grid_wine.json": "default + `edit.band_grid` as above (wine-rating, every critic; default "
     "0.591)",
+    "ablation_band_grid_headline_users1_12.json": "default + `edit.band_grid` as above (news-headline "
+    "users 1–12, default 0.112 / 0.084 there)",
+    "ablation_band_grid_paper_users1_3.json": "default + `edit.band_grid` as above (paper-title, stopped "
+    "after 3 authors: ~400 s fits; default 0.234 / 0.120 there)",
     "ablation_label_neutral_news.json": "default + `pairs.neutral=labels`: the user's label vs 2 other "
     "labels per query, no generated neutral (news-category, every author; default 0.637 / 0.688)",
     "ablation_label_neutral_wine.json": "default + `pairs.neutral=labels` (wine-rating, every critic; "
