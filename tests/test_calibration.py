@@ -173,7 +173,7 @@ def test_guard_excludes_an_edit_that_makes_answers_less_likely(
 # --------------------------------------------------------------------------- layers chosen by calibration
 
 
-def _directions(lm: LoadedModel, seed: int = 0) -> Directions:
+def _directions(lm: LoadedModel, seed: int = 0, gap: float = 3.0) -> Directions:
     gen = torch.Generator().manual_seed(seed)
     n, d = lm.num_layers, lm.hidden_size
     personal = torch.randn(n, 1, d, generator=gen)
@@ -181,7 +181,7 @@ def _directions(lm: LoadedModel, seed: int = 0) -> Directions:
     return Directions(
         personal=personal / personal.norm(dim=-1, keepdim=True),
         neutral=neutral / neutral.norm(dim=-1, keepdim=True),
-        gap=torch.full((n, 1), 3.0),
+        gap=torch.full((n, 1), gap),
         ccs_loss=torch.zeros(n),
         stats={},
     )
@@ -200,10 +200,10 @@ def test_band_edits_take_each_bands_directions_and_skip_repeats(llama: LoadedMod
     assert moved.strengths == own.strengths
 
 
-def _calibrated(lm: LoadedModel, edit: UserEdit, others: list[UserEdit], **edit_cfg: object) -> UserEdit:
+def _calibrated(lm: LoadedModel, edit: UserEdit, dirs: Directions, **edit_cfg: object) -> UserEdit:
     cfg = FitConfig.from_overrides({f"edit.{k}": v for k, v in edit_cfg.items()})
     history = [HistoryItem(it.input or "say something", it.output) for it in ITEMS]
-    return calibrate_edit(lm, edit, history, [], cfg, {}, None, others)
+    return calibrate_edit(lm, edit, history, [], cfg, {}, None, dirs)
 
 
 def test_calibration_moves_the_edit_to_the_best_calibrated_layers(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
@@ -212,7 +212,7 @@ def test_calibration_moves_the_edit_to_the_best_calibrated_layers(llama: LoadedM
     own = band_edits(last, dirs, [(0.0, 0.01)])[0]
     alt = band_edits(own, dirs, [(0.99, 1.0)])
     grid = {"alpha_grid": [1.0, 4.0], "beta_grid": [0.0], "positions_grid": []}
-    chosen = _calibrated(llama, own, alt, **grid)
+    chosen = _calibrated(llama, own, dirs, band_grid=[[0.99, 1.0]], **grid)
     history = [HistoryItem(it.input or "say something", it.output) for it in ITEMS]
     ranks = [calibrate_alpha(llama, e, history, [1.0, 4.0], [0.0]).rank for e in (own, *alt)]
     assert ranks[0] != ranks[1]  # a real choice: the layers calibrate differently
@@ -221,13 +221,16 @@ def test_calibration_moves_the_edit_to_the_best_calibrated_layers(llama: LoadedM
     record = chosen.stats["calibration"]
     assert record["layers"] == list(winner.layers)
     assert set(record["by_layers"]) == {"0", str(llama.num_layers - 1)}
+    # without a band grid the layers stay as they are
+    assert _calibrated(llama, own, dirs, **grid).stats["calibration"].get("by_layers") is None
 
 
 def test_layer_ties_keep_the_edits_own_layers(llama: LoadedModel, make_edit) -> None:  # type: ignore[no-untyped-def]
-    own = make_edit(llama, layers=(0,), rank=1, mode="add")
-    other = replace(make_edit(llama, layers=(1,), rank=1, mode="add"), gap=torch.zeros(1, 1))
-    own = replace(own, gap=torch.zeros(1, 1))  # zero gaps and β = 0: every candidate is a no-op
-    chosen = _calibrated(llama, own, [other], alpha_grid=[1.0], beta_grid=[0.0], positions_grid=[])
+    dirs = _directions(llama, gap=0.0)  # zero gaps and β = 0: every candidate is a no-op
+    own = band_edits(make_edit(llama, layers=(1,), rank=1, mode="add"), dirs, [(0.0, 0.01)])[0]
+    grid = {"alpha_grid": [1.0], "beta_grid": [0.0], "positions_grid": []}
+    chosen = _calibrated(llama, own, dirs, band_grid=[[0.4, 0.6]], **grid)
+    assert set(chosen.stats["calibration"]["by_layers"]) == {"0", "1"}
     assert chosen.layers == (0,)
     assert chosen.strengths.alpha == 0.0
 

@@ -204,16 +204,18 @@ def calibrate_edit(
     cfg: FitConfig,
     timings: dict[str, float],
     progress: Progress | None = None,
-    alternatives: Sequence[UserEdit] = (),
+    directions: Directions | None = None,
 ) -> UserEdit:
     """Set (positions, α, β) by the calibration objective on history items not used for pairs; with
-    ``alternatives`` (the same edit on other layers, see :func:`band_edits`) the layers too: each is
-    calibrated on the same items and the best calibration wins (ties keep ``edit``'s layers)."""
+    ``edit.band_grid`` and the fit's ``directions`` the layers too: the edit moved to each band (see
+    :func:`band_edits`) is calibrated on the same items and the best calibration wins (ties keep
+    ``edit``'s layers)."""
     used = set(selected)
     heldout = [it for i, it in enumerate(history) if i not in used][: cfg.edit.calibration_items]
     if not heldout:
         stats = {**edit.stats, "calibration": "skipped: every history item was used for pairs"}
         return replace(edit, stats=stats)
+    alternatives = band_edits(edit, directions, cfg.edit.band_grid) if directions is not None else []
     labels: tuple[str, ...] = ()
     if cfg.edit.calibration_objective == "answers":
         labels = cfg.edit.calibration_labels or history_labels(history)
@@ -329,8 +331,7 @@ def fit_user(
     pairs, insights, selected = build_pairs(lm, history, cfg, emb, timings, progress, cache_path)
     edit, dirs = edit_from_pairs(lm, pairs, cfg, insights, timings, progress)
     if cfg.edit.calibrate:
-        others = band_edits(edit, dirs, cfg.edit.band_grid)
-        edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress, others)
+        edit = calibrate_edit(lm, edit, history, selected, cfg, timings, progress, dirs)
     timings["total"] = round(sum(v for k, v in timings.items() if k != "total"), 4)
     return FitResult(
         edit=edit, pairs=pairs, insights=insights, selected=selected, timings=timings, directions=dirs

@@ -194,10 +194,9 @@ def make_pairs(
 def filter_pairs(pairs: Sequence[Pair], embedder: Embedder, min_distance: float) -> list[Pair]:
     """Drop pairs whose two responses are near-identical (1 − cosine < ``min_distance``) or empty.
     Context and label pairs are kept (their sides differ by construction; "3" and "4" embed alike)."""
-    context = [p for p in pairs if p.source in ("context", "labels")]
-    kept = [
-        p for p in pairs if p.source not in ("context", "labels") and p.personal.strip() and p.neutral.strip()
-    ]
+    as_built = ("context", "labels")
+    context = [p for p in pairs if p.source in as_built]
+    kept = [p for p in pairs if p.source not in as_built and p.personal.strip() and p.neutral.strip()]
     if not kept or min_distance <= 0:
         return context + kept
     a = embedder.encode([p.personal for p in kept])

@@ -227,17 +227,18 @@ def with_task_context(config: EvalConfig, resolved: ResolvedSettings, spec: Task
         fit = fit.model_copy(
             update={"pairs": fit.pairs.model_copy(update={"answer_prefix": resolved.answer_prefix})}
         )
+    labels = spec.labels if spec.kind != "generation" else ()
     edit = fit.edit
     answers = edit.calibration_objective == "answers"
-    if answers and not edit.calibration_labels and spec.kind != "generation" and spec.labels:
-        edit = edit.model_copy(update={"calibration_labels": spec.labels})
+    if answers and not edit.calibration_labels and labels:
+        edit = edit.model_copy(update={"calibration_labels": labels})
     if answers and edit.calibration_label_rule == "argmax" and resolved.label_rule != "argmax":
         edit = edit.model_copy(update={"calibration_label_rule": resolved.label_rule})
     if edit is not fit.edit:
         fit = fit.model_copy(update={"edit": edit})
     pairs = fit.pairs
-    if pairs.neutral == "labels" and not pairs.labels and spec.kind != "generation" and spec.labels:
-        fit = fit.model_copy(update={"pairs": pairs.model_copy(update={"labels": spec.labels})})
+    if pairs.neutral == "labels" and not pairs.labels and labels:
+        fit = fit.model_copy(update={"pairs": pairs.model_copy(update={"labels": labels})})
     return config if fit is config.fit_config else replace(config, fit_config=fit)
 
 

@@ -43,7 +43,6 @@ from chameleon_llm.embeddings import DEFAULT_EMBEDDER, Embedder, get_embedder
 from chameleon_llm.fit import (
     FitError,
     _pair_cache_path,
-    band_edits,
     build_pairs,
     calibrate_edit,
     edit_from_pairs,
@@ -338,8 +337,7 @@ def _fit_group(
         return
     if config.edit.calibrate:  # α (and β) by held-out log-likelihood, on the members' unused items
         heldout = pool_items([d.heldout for d in datas], config.edit.calibration_items)
-        others = band_edits(edit, dirs, config.edit.band_grid)
-        edit = calibrate_edit(lm, edit, heldout, [], config, {}, None, others)
+        edit = calibrate_edit(lm, edit, heldout, [], config, {}, None, dirs)
     group.edit = f"edits/{group.id}.safetensors"
     group.edit_id = edit.id
     edit.save(root / group.edit)
