@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from chameleon_llm import generation
 from chameleon_llm.edit import UserEdit
 from chameleon_llm.generation import (
     GenerationOptions,
@@ -14,6 +15,7 @@ from chameleon_llm.generation import (
     generate,
     generate_raw,
 )
+from chameleon_llm.hookpoints import decoder_layers
 from chameleon_llm.models import LoadedModel, chat_prompt
 from conftest import EditFactory
 
@@ -94,6 +96,70 @@ def test_many_candidates_equal_one_at_a_time(lm: LoadedModel, make_edit: EditFac
     for got, want in zip(many, alone, strict=True):
         assert got == pytest.approx(want, abs=1e-4, rel=1e-5)
     assert many[1] != pytest.approx(many[0], abs=1e-3)  # the edits are real: scores move
+
+
+def test_all_position_candidates_share_the_layers_below_the_edit(
+    lm: LoadedModel, make_edit: EditFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    prompts = rendered(lm)
+    candidates: list[UserEdit | None] = [
+        make_edit(lm, seed=s, layers=(1, 2), alpha=2.0, beta=0.5, positions="all", hook_point=hp)
+        for s, hp in ((1, "layer"), (2, "mlp"), (3, "layer"))
+    ]
+    layers = decoder_layers(lm.model)
+    originals = list(layers)
+    calls: list[int] = []
+    handle = layers[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with caplog.at_level("WARNING", logger="chameleon_llm.generation"):
+            many = continuation_logprobs_many(lm, prompts, CONTINUATIONS, candidates)
+    finally:
+        handle.remove()
+    assert not caplog.records  # the replay fits this family: no fallback
+    assert len(calls) == 1  # layer 0 ran once for the three candidates
+    assert list(decoder_layers(lm.model)) == originals  # the model's own layers are back
+    alone = [continuation_logprobs(lm, prompts, CONTINUATIONS, e) for e in candidates]
+    for got, want in zip(many, alone, strict=True):
+        assert got == pytest.approx(want, abs=1e-4, rel=1e-5)
+    assert many[0] != pytest.approx(many[1], abs=1e-3)  # different edits, different scores
+
+
+def test_layer_replay_restores_the_model_when_scoring_fails(
+    llama: LoadedModel, make_edit: EditFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prompts = rendered(llama)
+    edits = [make_edit(llama, seed=s, layers=(1, 2), positions="all") for s in (1, 2)]
+    originals = list(decoder_layers(llama.model))
+
+    def broken(*_args: object, **_kwargs: object) -> list[float]:
+        raise RuntimeError("scoring failed")
+
+    monkeypatch.setattr(generation, "_full_pass", broken)
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        batch = generation._continuation_batch(llama, prompts, CONTINUATIONS)
+        generation._edited_from_all(llama, *batch, edits)
+    assert list(decoder_layers(llama.model)) == originals
+
+
+def test_layer_replay_falls_back_to_full_passes(
+    llama: LoadedModel,
+    make_edit: EditFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    prompts = rendered(llama)
+    edits: list[UserEdit | None] = [make_edit(llama, seed=s, layers=(1, 2), positions="all") for s in (1, 2)]
+    want = [continuation_logprobs(llama, prompts, CONTINUATIONS, e) for e in edits]
+
+    def unfit(*_args: object, **_kwargs: object) -> None:
+        raise TypeError("layer loop not supported")
+
+    monkeypatch.setattr(generation, "_lower_output", unfit)
+    with caplog.at_level("WARNING", logger="chameleon_llm.generation"):
+        got = continuation_logprobs_many(llama, prompts, CONTINUATIONS, edits)
+    assert "layer loop not supported" in caplog.text
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4, rel=1e-5)
 
 
 def test_many_candidates_share_the_unedited_prompt_prefix(lm: LoadedModel, make_edit: EditFactory) -> None:

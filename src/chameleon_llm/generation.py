@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList
 
 from .activations import position_kwargs
 from .edit import UserEdit
+from .hookpoints import decoder_layers, output_tensor, replace_output
 from .models import LoadedModel, chat_prompt, encode
 from .steering import steer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -155,8 +162,96 @@ def _full_pass(
     with torch.inference_mode(), steer(lm, rows, batch_size=len(rows), prompt_len=prompt_lens):
         positions = position_kwargs(lm.model, mask)
         keep = min(input_ids.shape[1], max(cont_lens) + 1)  # the LM head only where it is read
-        logits = lm.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=keep, **positions).logits
+        logits = lm.model(
+            input_ids=input_ids, attention_mask=mask, use_cache=False, logits_to_keep=keep, **positions
+        ).logits
     return _sum_logprobs(logits, input_ids, cont_lens)
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the layer it needs has run."""
+
+
+def _lower_output(lm: LoadedModel, input_ids: torch.Tensor, mask: torch.Tensor, upto: int) -> Any:
+    """What decoder layer ``upto - 1`` returns for the batch, unedited (the layers above are skipped)."""
+    seen: list[Any] = []
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        seen.append(output)
+        raise _Stop
+
+    handle = decoder_layers(lm.model)[upto - 1].register_forward_hook(hook)
+    try:
+        lm.model(input_ids=input_ids, attention_mask=mask, use_cache=False, **position_kwargs(lm.model, mask))
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise RuntimeError(f"decoder layer {upto - 1} did not run in the forward pass")
+    return seen[0]
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder layer: returns a stored output instead of computing one (attributes
+    the model's loop reads from its layers, such as ``attention_type``, come from the original)."""
+
+    def __init__(self, original: nn.Module, output: Any, copy: bool) -> None:
+        super().__init__()
+        object.__setattr__(self, "_original", original)  # not a submodule: no parameters here
+        self._output, self._copy = output, copy
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_original"), name)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._copy:
+            return self._output  # the next replay ignores it
+        return replace_output(self._output, output_tensor(self._output).clone())
+
+
+@contextmanager
+def _replayed(model: nn.Module, upto: int, output: Any) -> Iterator[None]:
+    """Decoder layers below ``upto`` replaced by replays of ``output`` (the last layer's output), the
+    originals always put back."""
+    layers = decoder_layers(model)
+    originals = [layers[i] for i in range(upto)]
+    try:
+        for i, layer in enumerate(originals):
+            layers[i] = _Replay(layer, output, copy=i == upto - 1)
+        yield
+    finally:
+        for i, layer in enumerate(originals):
+            layers[i] = layer
+
+
+def _edited_from_all(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    mask: torch.Tensor,
+    prompt_lens: Sequence[int],
+    cont_lens: Sequence[int],
+    edits: Sequence[UserEdit],
+) -> list[list[float]]:
+    """:func:`_full_pass` for each edit (one edit for all rows), computing the layers below the lowest
+    edited layer once: the edits cannot change them. Falls back to full passes when the model's
+    layers cannot be stood in for (the scores are the same either way)."""
+    upto = min(min(e.layers) for e in edits)
+    if upto > 0 and len(edits) > 1:
+        try:
+            with torch.inference_mode():
+                lower = _lower_output(lm, input_ids, mask, upto)
+                out = []
+                for e in edits:
+                    with _replayed(lm.model, upto, lower):
+                        out.append(_full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e))
+            return out
+        except Exception as exc:  # an architecture whose layer loop the replay does not fit
+            log.warning("scoring every layer for each edit (%s: %s)", type(exc).__name__, exc)
+    return [_full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e) for e in edits]
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str | None:
@@ -175,8 +270,9 @@ def continuation_logprobs_many(
     Candidates that leave the prompt unedited up to its last token (positions ``last``/``generated``,
     or no edit) share one forward pass over that unedited prefix through the KV cache: with long
     prompts and short continuations, scoring k candidates costs about one prompt pass, not k.
-    Candidates editing every position (``all``) are scored in full. Results equal the one-at-a-time
-    scores up to floating-point rounding.
+    Candidates editing every position (``all``) are scored in full, except for the decoder layers below
+    their lowest edited layer, computed once for all of them. Results equal the one-at-a-time scores
+    up to floating-point rounding.
     """
     input_ids, mask, prompt_lens, cont_lens = _continuation_batch(lm, prompts, continuations)
     split = min(prompt_lens) - 1  # the first column any ``last`` edit touches
@@ -215,10 +311,15 @@ def continuation_logprobs_many(
                     ).logits
                 cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
                 results[i] = _sum_logprobs(logits, input_ids, cont_lens)
-    return [
-        r if r is not None else _full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e)
-        for r, e in zip(results, candidates, strict=True)
-    ]
+    rest = [i for i, r in enumerate(results) if r is None]
+    edits = [candidates[i] for i in rest]
+    if rest and all(e is not None for e in edits):
+        scored = _edited_from_all(lm, input_ids, mask, prompt_lens, cont_lens, edits)  # type: ignore[arg-type]
+    else:
+        scored = [_full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e) for e in edits]
+    for i, row in zip(rest, scored, strict=True):
+        results[i] = row
+    return [r or [] for r in results]  # every row is set by now
 
 
 def cached_continuation_logprobs(
