@@ -739,3 +739,22 @@ def test_chameleon_auto_uses_retrieval_only_when_it_validates_better(
     assert len(asked) == 1
     retrieved = ['the category for the article: "' in m for m in asked[0]]
     assert all(retrieved) if context == "rag" else not any(retrieved)
+
+
+def test_checkpoint_folders_survive_options_added_later() -> None:
+    """Fitted methods' checkpoint folders hash the FitConfig as its cache keys do: an option added
+    after answers were checkpointed changes the folder only when it is set."""
+    from chameleon_llm.config import LATER_OPTIONS
+    from chameleon_llm.evaluation.runner import _digest, settings_hash
+
+    base = {"model": "m", "data": "d"}
+    default = FitConfig()
+    earlier = default.model_dump(mode="json")  # the configuration as it was before the later options
+    for section, names in LATER_OPTIONS.items():
+        for name in names:
+            del earlier[section][name]
+    before = _digest({"method": "chameleon", **base, "fit_config": earlier, "history_framing": "task"})
+    assert settings_hash("chameleon", True, base, default, "task") == before
+    changed = FitConfig.from_overrides({"pairs.neutral": "labels"})
+    assert settings_hash("chameleon", True, base, changed, "task") != before
+    assert settings_hash("base", False, base, changed, "task") == settings_hash("base", False, base, default)

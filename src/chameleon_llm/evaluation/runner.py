@@ -145,11 +145,14 @@ def settings_hash(
     fit_config: FitConfig,
     history_framing: str = "raw",
 ) -> str:
-    """The checkpoint folder name of ``method`` under ``base`` settings (+ what the fit depends on)."""
+    """The checkpoint folder name of ``method`` under ``base`` settings (+ what the fit depends on).
+
+    The FitConfig enters as its cache keys do (:meth:`FitConfig.keyed`): options added later change
+    the folder only when set, so answers checkpointed before they existed stay valid."""
     name = method if isinstance(method, str) else method.name
     payload: dict[str, Any] = {"method": name, **base}
     if uses_fit:
-        payload["fit_config"] = fit_config.model_dump(mode="json")
+        payload["fit_config"] = fit_config.keyed()
         if history_framing != "raw":  # "raw" keeps the hashes of runs made before framing existed
             payload["history_framing"] = history_framing
     return _digest(payload)
