@@ -30,7 +30,7 @@ from quality import DEFAULT_DATA, RESULTS, TASKS
 
 DEFAULT_PAIRS = "chameleon:base,chameleon:rag,chameleon_auto:base,chameleon_auto:rag"
 METHODS = ("base", "rag", "prior", "chameleon", "chameleon_rag", "chameleon_auto")
-Z_POWER = 0.8
+POWER = 0.8
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -45,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def paired_power(diffs: list[float], alpha: float = 0.05, power: float = Z_POWER) -> dict[str, Any]:
+def paired_power(diffs: list[float], alpha: float = 0.05, power: float = POWER) -> dict[str, Any]:
     """Mean, SD, t-based CI of paired differences; the detectable difference at this n and the n the
     observed difference would need (normal approximation, two-sided ``alpha``, given ``power``)."""
     n = len(diffs)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/power.py " + " ".join(sys.argv[1:]),
         "unit": "user (per-user mean of the primary metric)",
-        "power": Z_POWER,
+        "power": POWER,
         "alpha": 0.05,
         "methods": methods,
         "tasks": tasks,

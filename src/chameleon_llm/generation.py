@@ -234,12 +234,12 @@ def _edited_from_all(
     mask: torch.Tensor,
     prompt_lens: Sequence[int],
     cont_lens: Sequence[int],
-    edits: Sequence[UserEdit],
+    edits: Sequence[UserEdit | None],
 ) -> list[list[float]]:
-    """:func:`_full_pass` for each edit (one edit for all rows), computing the layers below the lowest
-    edited layer once: the edits cannot change them. Falls back to full passes when the model's
-    layers cannot be stood in for (the scores are the same either way)."""
-    upto = min(min(e.layers) for e in edits)
+    """:func:`_full_pass` for each edit (one edit for all rows; None: unedited), computing the layers
+    below the lowest edited layer once: the edits cannot change them. Falls back to full passes when
+    the model's layers cannot be stood in for (the scores are the same either way)."""
+    upto = min((min(e.layers) for e in edits if e is not None), default=0)
     if upto > 0 and len(edits) > 1:
         try:
             with torch.inference_mode():
@@ -277,7 +277,7 @@ def continuation_logprobs_many(
     input_ids, mask, prompt_lens, cont_lens = _continuation_batch(lm, prompts, continuations)
     split = min(prompt_lens) - 1  # the first column any ``last`` edit touches
     key = _cache_kwarg(lm.model)
-    results: list[list[float] | None] = [None] * len(candidates)
+    results: dict[int, list[float]] = {}
     shared = (
         [i for i, e in enumerate(candidates) if e is None or e.positions != "all"]
         if key is not None and split > 0
@@ -311,15 +311,10 @@ def continuation_logprobs_many(
                     ).logits
                 cache.crop(split - cache.get_seq_length())  # negative: drop the suffix (4.x and 5.x)
                 results[i] = _sum_logprobs(logits, input_ids, cont_lens)
-    rest = [i for i, r in enumerate(results) if r is None]
-    edits = [candidates[i] for i in rest]
-    if rest and all(e is not None for e in edits):
-        scored = _edited_from_all(lm, input_ids, mask, prompt_lens, cont_lens, edits)  # type: ignore[arg-type]
-    else:
-        scored = [_full_pass(lm, input_ids, mask, prompt_lens, cont_lens, e) for e in edits]
-    for i, row in zip(rest, scored, strict=True):
-        results[i] = row
-    return [r or [] for r in results]  # every row is set by now
+    rest = [i for i in range(len(candidates)) if i not in results]
+    scored = _edited_from_all(lm, input_ids, mask, prompt_lens, cont_lens, [candidates[i] for i in rest])
+    results.update(zip(rest, scored, strict=True))
+    return [results[i] for i in range(len(candidates))]
 
 
 def cached_continuation_logprobs(
