@@ -3,6 +3,7 @@ finished quality run (no model, no new answers: the report is rebuilt from the r
 
     .venv/bin/python benchmarks/power.py                      # the default quality run, every task
     .venv/bin/python benchmarks/power.py --pairs chameleon:rag,chameleon:base --tasks news-category
+    .venv/bin/python benchmarks/power.py --deepen 6 --out benchmarks/results/power_deep6.json   # deeper split
 
 For each task and pair of methods (a, b): per user, the difference of the primary metric (oriented so
 that > 0 means a is better; queries of one user are not independent, so the user is the unit), its
@@ -26,7 +27,7 @@ from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from quality import DEFAULT_DATA, RESULTS, TASKS
+from quality import DEFAULT_DATA, RESULTS, TASKS, _task_folders
 
 DEFAULT_PAIRS = "chameleon:base,chameleon:rag,chameleon_auto:base,chameleon_auto:rag"
 METHODS = ("base", "rag", "prior", "chameleon", "chameleon_rag", "chameleon_auto")
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS), help="methods whose checkpoints the report reads")
     p.add_argument("--pairs", default=DEFAULT_PAIRS, help="comma-separated a:b pairs to compare")
     p.add_argument("--work-dir", type=Path, default=None, help="run folders (default: the quality runs)")
+    p.add_argument("--deepen", type=int, default=None, metavar="N", help="the quality run's --deepen N")
+    p.add_argument("--deepen-min-profile", type=int, default=8, help="the quality run's --deepen-min-profile")
     p.add_argument("--out", type=Path, default=RESULTS / "power.json", help="JSON output")
     p.add_argument("--md", type=Path, default=None, help="markdown output (default: beside --out)")
     return p.parse_args(argv)
@@ -120,13 +123,17 @@ def main(argv: list[str] | None = None) -> None:
     tasks = {}
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
         cfg = EvalConfig(methods=methods, model=DEFAULT_MODEL, settings=EvalSettings())
-        results = evaluate(args.data_root / name, work / name, cfg, report_only=True)
+        data, run, _ = _task_folders(args, name, work)
+        results = evaluate(data, run, cfg, report_only=True)
         tasks[name] = analyse(results, pairs)
     report = {
         "format": "chameleon-power/1",
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "python benchmarks/power.py " + " ".join(sys.argv[1:]),
         "unit": "user (per-user mean of the primary metric)",
+        "deepen": None
+        if args.deepen is None
+        else {"per_user": args.deepen, "min_profile": args.deepen_min_profile},
         "power": POWER,
         "alpha": 0.05,
         "methods": methods,

@@ -62,6 +62,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run base with answer prefix on/off and label scoring on/off instead",
     )
+    p.add_argument(
+        "--deepen",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate on the deeper split: each user's N newest profile items become extra queries "
+        "(chameleon_llm.lamp.deepen; built in the cache, run folders <task>-deepN)",
+    )
+    p.add_argument("--deepen-min-profile", type=int, default=8, help="--deepen: profile items a user keeps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -104,6 +113,23 @@ def _load(args: argparse.Namespace) -> Any:
     return load_model(args.model or DEFAULT_MODEL)
 
 
+def _task_folders(
+    args: argparse.Namespace, name: str, work: Path
+) -> tuple[Path, Path, dict[str, Any] | None]:
+    """The task's data folder, its run folder and, with ``--deepen``, how its deeper split was made."""
+    if args.deepen is None:
+        return args.data_root / name, work / name, None
+    from dataclasses import asdict
+
+    from chameleon_llm.lamp.deepen import deepen_task_dir
+    from chameleon_llm.models import cache_dir
+
+    tag = f"deep{args.deepen}-min{args.deepen_min_profile}"
+    dest = cache_dir() / "deep-bench" / tag / name  # derived from the bench data: never in the repository
+    summary = deepen_task_dir(args.data_root / name, dest, args.deepen, min_profile=args.deepen_min_profile)
+    return dest, work / f"{name}-{tag}", asdict(summary)
+
+
 def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     from chameleon_llm.cli import build_config
     from chameleon_llm.evaluation import EvalConfig, EvalSettings, evaluate
@@ -121,6 +147,7 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
     tables = []
     start = time.perf_counter()
     for name in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        data, run, deep = _task_folders(args, name, work)
         cfg = EvalConfig(
             methods=methods,
             model=args.model or DEFAULT_MODEL,
@@ -132,8 +159,10 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
             history_framing=args.history_framing,
         )
         t0 = time.perf_counter()
-        results = evaluate(args.data_root / name, work / name, cfg, lm=lm, progress=not args.quiet)
+        results = evaluate(data, run, cfg, lm=lm, progress=not args.quiet)
         tasks[name] = {**_summary(results), "wall_seconds": round(time.perf_counter() - t0, 1)}
+        if deep is not None:
+            tasks[name]["deepen"] = deep
         tables.append(f"### {name}\n\n{markdown_table(results)}")
         print(tables[-1], flush=True)
     prov = provenance()
@@ -145,6 +174,9 @@ def run_quality(args: argparse.Namespace) -> dict[str, Any]:
         "limit_users": args.limit_users,
         "skip_users": args.skip_users,
         "history_framing": args.history_framing,
+        "deepen": None
+        if args.deepen is None
+        else {"per_user": args.deepen, "min_profile": args.deepen_min_profile},
         "methods": methods,
         "eval_settings": {
             "rag_k": settings.rag_k,

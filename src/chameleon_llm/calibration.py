@@ -30,6 +30,10 @@ from .models import LoadedModel, chat_prompt, complete_answer
 DEFAULT_QUERY = "Write something in your usual style."
 
 
+# (kept by the guard, task score, log-lik, -(α+β), own positions): larger is better
+Rank = tuple[bool, float, float, float, bool]
+
+
 @dataclass(frozen=True)
 class Calibration:
     alpha: float
@@ -38,13 +42,12 @@ class Calibration:
     scores: dict[tuple[str, float, float], float]  # (positions, α, β) -> mean log-lik per token
     n_items: int
     baseline: float  # the unedited model's score
+    rank: Rank  # how the chosen candidate ranked: compares calibrations of other layers
     objective: str = "loglik"
     # answers objective: (positions, α, β) -> accuracy or minus MAE; scores then hold the mean summed
     # log-probability of the user's answers
     answer_scores: dict[tuple[str, float, float], float] | None = None
     answer_baseline: float | None = None
-    # how the chosen candidate ranked (larger is better): compares calibrations of other layers
-    rank: tuple[bool, float, float, float, bool] = (True, 0.0, 0.0, 0.0, True)
 
 
 def _prompts(lm: LoadedModel, items: Sequence[HistoryItem], answer_prefix: str) -> list[str]:
@@ -166,7 +169,7 @@ def calibrate_alpha(
         baseline, *values = heldout_logliks(lm, candidates, items, answer_prefix=answer_prefix)
         scores = dict(zip(keys, values, strict=True))
 
-    def rank(key: tuple[str, float, float]) -> tuple[bool, float, float, float, bool]:
+    def rank(key: tuple[str, float, float]) -> Rank:
         pos, a, b = key
         task = round(answers[key], 6) if answers is not None else 0.0
         # answers objective: an edit that makes the user's answers less likely than no edit is out

@@ -40,6 +40,7 @@ from chameleon_llm.lamp.data import (
     load_task_dir,
     profile_to_history,
 )
+from chameleon_llm.lamp.data import common_profile as fit_profile
 from chameleon_llm.lamp.tasks import TaskSpec, is_valid, parse_answer, scored_prediction
 from chameleon_llm.models import DEFAULT_MODEL, LoadedModel
 from chameleon_llm.progress import item_progress
@@ -94,23 +95,6 @@ class RunState:
     unsupported: dict[str, str] = field(default_factory=dict)
     fits_run: int = 0
     model_identity: dict[str, Any] | None = None  # set when the model was loaded
-
-
-def fit_profile(queries: Sequence[LampQuery]) -> list[dict[str, Any]]:
-    """The profile of the user's earliest query: the items present in every query's profile.
-
-    Items are matched by content (all fields but ``id``, which some files renumber per query); the
-    order is that of the smallest profile.
-    """
-    if not queries:
-        return []
-
-    def key(item: Mapping[str, Any]) -> str:
-        return json.dumps({k: v for k, v in item.items() if k != "id"}, sort_keys=True, default=str)
-
-    smallest = min(queries, key=lambda q: len(q.profile))
-    common = set.intersection(*({key(i) for i in q.profile} for q in queries))
-    return [dict(i) for i in smallest.profile if key(i) in common]
 
 
 def select_users(dataset: LampDataset, limit: int | None, skip: int = 0) -> dict[str, list[LampQuery]]:

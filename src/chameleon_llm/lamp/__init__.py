@@ -11,6 +11,7 @@ from chameleon_llm.lamp.data import (
     load_task_dir,
     profile_to_history,
 )
+from chameleon_llm.lamp.deepen import deepen, deepen_task_dir
 from chameleon_llm.lamp.download import BASE_URL, DownloadError, download_file, download_task, task_urls
 from chameleon_llm.lamp.metrics import (
     aggregate,
@@ -40,6 +41,8 @@ __all__ = [
     "TaskSpec",
     "aggregate",
     "build_prompt",
+    "deepen",
+    "deepen_task_dir",
     "download_file",
     "download_task",
     "extract_query_text",

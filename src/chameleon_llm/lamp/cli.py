@@ -1,4 +1,4 @@
-"""`chameleon score` and `chameleon data download`."""
+"""`chameleon score`, `chameleon data download` and `chameleon data deepen`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .commands import download_command, score_command
+from .commands import deepen_command, download_command, score_command
 
 
 def register(app: typer.Typer) -> None:
@@ -34,5 +34,22 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fetch official LaMP files (resumable, JSON-verified)."""
         download_command(task, split, dest, time_based=time_based)
+
+    @data.command("deepen")
+    def deepen(
+        source: Annotated[
+            Path, typer.Argument(help="LaMP-format task folder (time-based: queries carry user_id)")
+        ],
+        dest: Annotated[Path, typer.Argument(help="folder for the deeper split")],
+        per_user: Annotated[
+            int, typer.Option(help="extra queries per user, from the newest profile items")
+        ] = 6,
+        min_profile: Annotated[int, typer.Option(help="profile items every user keeps")] = 8,
+    ) -> None:
+        """More queries per user: each user's newest profile items become queries (leak-free)."""
+        try:
+            deepen_command(source, dest, per_user, min_profile=min_profile)
+        except (ValueError, FileNotFoundError) as exc:
+            raise typer.BadParameter(str(exc)) from exc
 
     app.add_typer(data, name="data")

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from chameleon_llm.lamp.data import LampFormatError, load_labels, load_outputs
+from chameleon_llm.lamp.deepen import DeepenSummary, deepen_task_dir
 from chameleon_llm.lamp.download import BASE_URL, download_task
 from chameleon_llm.lamp.metrics import score
 from chameleon_llm.lamp.tasks import TaskSpec, resolve_task
@@ -86,3 +87,21 @@ def download_command(
     for kind, path in files.items():
         out.print(f"{kind}: {path} ({path.stat().st_size:,} bytes)")
     return files
+
+
+def deepen_command(
+    source: str | Path,
+    dest: str | Path,
+    per_user: int,
+    *,
+    min_profile: int = 8,
+    console: Console | None = None,
+) -> DeepenSummary:
+    """Write the deeper split of a task folder and print what it holds."""
+    summary = deepen_task_dir(source, dest, per_user, min_profile=min_profile)
+    (console or Console()).print(
+        f"{dest}: {summary.queries_after} queries (was {summary.queries_before}); "
+        f"{summary.users_deepened} of {summary.users} users got up to {per_user} extra queries from their "
+        f"newest profile items (by {summary.ordered_by}), each keeping at least {min_profile} items"
+    )
+    return summary

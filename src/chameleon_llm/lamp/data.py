@@ -399,6 +399,24 @@ def load_task_dir(
 # --------------------------------------------------------------------------- history
 
 
+def common_profile(queries: Sequence[LampQuery]) -> list[dict[str, Any]]:
+    """The items present in every one of the queries' profiles: in time-based data, the profile of
+    the earliest query.
+
+    Items are matched by content (all fields but ``id``, which some files renumber per query); the
+    order is that of the smallest profile.
+    """
+    if not queries:
+        return []
+
+    def key(item: Mapping[str, Any]) -> str:
+        return json.dumps({k: v for k, v in item.items() if k != "id"}, sort_keys=True, default=str)
+
+    smallest = min(queries, key=lambda q: len(q.profile))
+    common = set.intersection(*({key(i) for i in q.profile} for q in queries))
+    return [dict(i) for i in smallest.profile if key(i) in common]
+
+
 HistoryFraming = Literal["raw", "task"]
 FRAMINGS: tuple[str, ...] = ("raw", "task")
 
