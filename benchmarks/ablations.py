@@ -1,6 +1,6 @@
 """One table of the Chameleon ablation runs: the primary metric per task for each configuration.
 
-    .venv/bin/python benchmarks/ablations.py      # reads benchmarks/results/ablation_*.json + quality.json
+    .venv/bin/python benchmarks/ablations.py      # reads benchmarks/results/ablation_*.json + quality*.json
 
 Each row is a committed result file of ``benchmarks/quality.py`` (its command, FitConfig and commit are
 in the file); cells are ``chameleon`` (and ``chameleon_rag``) with ``base`` alongside, as the runs
@@ -42,8 +42,8 @@ ROWS = {
     "user by held-out profile items (users 1–12)",
     "ablation_chameleon_auto_news_users13_20.json": "`chameleon_auto` in the chameleon column, "
     "news-category users 13–20 (unseen by every ablation)",
-    "quality.json": "**default** (session 6: ratings answered by the median of the label distribution) on "
-    "every bench user (news 40, wine 11, paper 7)",
+    "quality_session6_defaults.json": "session-6 default (ratings answered by the median of the label "
+    "distribution; no calibration reserve) on every bench user (news 40, wine 11, paper 7)",
     "ablation_k16_pairs16_news_users1_11.json": "default + selection.k=16, pairs.n_queries=16 (twice the "
     "pairs; stopped early: news-category users 1–11, default 0.682 there)",
     "ablation_k16_pairs16_wine_users1_4.json": "default + selection.k=16, pairs.n_queries=16 (stopped early: "
@@ -62,6 +62,11 @@ ROWS = {
     "default 0.591 / 0.795)",
     "ablation_answers_median_wine.json": "default + calibration objective `answers`, answers read by the "
     "median rule the task is answered with (wine-rating, every critic; default 0.591)",
+    "quality_deep6_reserve0.json": "deeper split (each user's 6 newest profile items as extra queries: "
+    "news 284, wine 105, paper 56 queries), session-6 default",
+    "quality_deep6.json": "deeper split as above, default with `selection.calibration_reserve=4` (session 9)",
+    "quality.json": "**default** (session 9: `selection.calibration_reserve=4`, short histories keep items "
+    "for calibration) on every bench user",
 }
 # Rows whose "chameleon" column is another method of the file.
 CHAMELEON_COLUMN = {

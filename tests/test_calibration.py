@@ -256,5 +256,57 @@ def test_later_options_change_keys_only_when_set() -> None:
         assert cfg.generation_key() != default.generation_key()  # pairs change: a new pair cache entry
         assert cfg.to_json() != default.to_json()
         assert FitConfig.model_validate_json(cfg.to_json()) == cfg
-    for section, names in LATER_OPTIONS.items():
-        assert all(f'"{name}"' not in json.dumps(default.keyed()[section]) for name in names)
+    legacy = FitConfig.from_overrides(
+        {
+            f"{section}.{name}": value
+            for section, options in LATER_OPTIONS.items()
+            for name, value in options.items()
+        }
+    )
+    for section, names in LATER_OPTIONS.items():  # at the earlier behaviour's values: left out of keys
+        assert all(f'"{name}"' not in json.dumps(legacy.keyed()[section]) for name in names)
+    # a default that changes behaviour (calibration_reserve, session 9) is in the keys
+    assert default.keyed()["selection"]["calibration_reserve"] == 4
+
+
+@pytest.mark.parametrize(
+    ("n_items", "k", "n_queries"),
+    [(4, 2, 2), (8, 4, 4), (10, 6, 6), (11, 7, 7), (12, 8, 8), (60, 8, 8)],
+)
+def test_calibration_reserve_leaves_short_histories_items_to_calibrate_on(
+    n_items: int, k: int, n_queries: int
+) -> None:
+    cfg = FitConfig.from_overrides({"selection.calibration_reserve": 4}).for_history(n_items)
+    assert (cfg.selection.k, cfg.pairs.n_queries, cfg.selection.calibration_reserve) == (k, n_queries, 0)
+    assert n_items - cfg.selection.k >= min(4, n_items // 2)  # what calibration gets
+    if k == 8:  # a long history is fitted exactly as without the option: same pair cache and keys
+        assert cfg.to_json() == FitConfig.from_overrides({"selection.calibration_reserve": 0}).to_json()
+
+
+def test_calibration_reserve_is_on_by_default_and_off_without_calibration() -> None:
+    assert FitConfig().for_history(8).selection.k == 4
+    off = FitConfig.from_overrides({"selection.calibration_reserve": 0})
+    assert off.for_history(8) == off
+    no_cal = FitConfig.from_overrides({"selection.calibration_reserve": 4, "edit.calibrate": False})
+    assert no_cal.for_history(8).selection.k == 8
+    assert off.to_json() != FitConfig().to_json()
+
+
+def test_fit_user_builds_pairs_with_the_configuration_resolved_for_the_history(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from chameleon_llm import fit as fit_module
+    from chameleon_llm.history import HistoryItem
+
+    seen: list[FitConfig] = []
+
+    def stop(lm: object, history: object, cfg: FitConfig, *args: object, **kwargs: object) -> None:
+        seen.append(cfg)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(fit_module, "build_pairs", stop)
+    history = [HistoryItem(f"q{i}", f"a{i}") for i in range(8)]
+    cfg = FitConfig.from_overrides({"selection.calibration_reserve": 4})
+    with pytest.raises(RuntimeError, match="stop"):
+        fit_module.fit_user(object(), history, cfg, embedder=object(), cache=False)  # type: ignore[arg-type]
+    assert seen[0].selection.k == 4

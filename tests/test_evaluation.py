@@ -748,13 +748,15 @@ def test_checkpoint_folders_survive_options_added_later() -> None:
     from chameleon_llm.evaluation.runner import _digest, settings_hash
 
     base = {"model": "m", "data": "d"}
-    default = FitConfig()
+    default = FitConfig.from_overrides({"selection.calibration_reserve": 0})  # the session-8 default
     earlier = default.model_dump(mode="json")  # the configuration as it was before the later options
     for section, names in LATER_OPTIONS.items():
         for name in names:
             del earlier[section][name]
     before = _digest({"method": "chameleon", **base, "fit_config": earlier, "history_framing": "task"})
     assert settings_hash("chameleon", True, base, default, "task") == before
+    # a later option whose default changes behaviour moves the folder: answers are made again
+    assert settings_hash("chameleon", True, base, FitConfig(), "task") != before
     changed = FitConfig.from_overrides({"pairs.neutral": "labels"})
     assert settings_hash("chameleon", True, base, changed, "task") != before
     assert settings_hash("base", False, base, changed, "task") == settings_hash("base", False, base, default)

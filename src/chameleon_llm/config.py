@@ -31,6 +31,14 @@ class SelectionConfig(_Stage):
 
     k: int = Field(8, ge=1, description="number of representative history items")
     max_item_chars: int = Field(2000, ge=50, description="items longer than this are truncated (warned)")
+    calibration_reserve: int = Field(
+        4,
+        ge=0,
+        description="with calibration on, history items the selection leaves out for calibration (at most "
+        "half the history): a short history gets fewer pairs instead of an uncalibrated edit. 0: k items "
+        "whatever the history's length (a history of k items or fewer is then not calibrated; the "
+        "default before session 9)",
+    )
 
 
 class InsightConfig(_Stage):
@@ -187,11 +195,13 @@ class EditConfig(_Stage):
         return self
 
 
-# Options added after edits were first cached. ``FitConfig.to_json`` (the cache key) leaves them out
-# while they are at their default, so the keys of configurations that do not use them stay valid.
-LATER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "pairs": ("neutral", "labels", "label_negatives"),
-    "edit": ("band_grid", "calibration_label_rule"),
+# Options added after edits were first cached, with the value that does what the code did before
+# they existed. ``FitConfig.keyed`` (the cache keys) leaves an option out at that value, so the keys of
+# configurations that do not use it stay valid, and a new default that changes behaviour changes them.
+LATER_OPTIONS: dict[str, dict[str, object]] = {
+    "selection": {"calibration_reserve": 0},
+    "pairs": {"neutral": "model", "labels": (), "label_negatives": 2},
+    "edit": {"band_grid": (), "calibration_label_rule": "argmax"},
 }
 
 
@@ -217,14 +227,28 @@ class FitConfig(_Stage):
         return self
 
     def keyed(self) -> dict[str, object]:
-        """The configuration as keys are made from it: options in ``LATER_OPTIONS`` only when set."""
+        """The configuration as keys are made from it: options in ``LATER_OPTIONS`` only when they are
+        not at their earlier behaviour's value."""
         data = self.model_dump(mode="json")
-        for section, names in LATER_OPTIONS.items():
+        for section, legacy in LATER_OPTIONS.items():
             stage = getattr(self, section)
-            for name in names:
-                if getattr(stage, name) == type(stage).model_fields[name].default:
+            for name, value in legacy.items():
+                if getattr(stage, name) == value:
                     del data[section][name]
         return data
+
+    def for_history(self, n_items: int) -> FitConfig:
+        """The configuration a history of ``n_items`` is fitted with: ``selection.calibration_reserve``
+        resolved into ``selection.k`` (and ``pairs.n_queries``), so keys depend only on what is run."""
+        reserve = self.selection.calibration_reserve
+        if not reserve:
+            return self
+        k = self.selection.k
+        if self.edit.calibrate:
+            k = min(k, max(2, n_items - min(reserve, n_items // 2)))
+        selection = self.selection.model_copy(update={"k": k, "calibration_reserve": 0})
+        pairs = self.pairs.model_copy(update={"n_queries": min(self.pairs.n_queries, k)})
+        return self.model_copy(update={"selection": selection, "pairs": pairs})
 
     def to_json(self) -> str:
         """Canonical JSON of :meth:`keyed` (``model_validate_json`` restores the full configuration)."""

@@ -321,9 +321,9 @@ def fit_user(
     ``cache``: True caches generated pairs under the user cache dir, a Path puts them there, False
     disables it. A refit with other direction or edit settings reuses the cached texts.
     """
-    cfg = config or FitConfig()
     if not history:
         raise FitError("the history is empty: give at least one item")
+    cfg = (config or FitConfig()).for_history(len(history))
     emb = embedder or get_embedder()
     timings: dict[str, float] = {}
     root = cache if isinstance(cache, Path) else cache_dir()

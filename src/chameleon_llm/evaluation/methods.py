@@ -174,7 +174,9 @@ class FitStore:
     def key(self, user_id: str, items: Sequence[HistoryItem]) -> str:
         lm = self.load_lm()
         digest = hashlib.sha256(
-            json.dumps([lm.config_hash, self.config.to_json(), history_fingerprint(items)]).encode()
+            json.dumps(
+                [lm.config_hash, self.config.for_history(len(items)).to_json(), history_fingerprint(items)]
+            ).encode()
         ).hexdigest()[:16]
         return f"{safe_name(user_id)}-{digest}"
 

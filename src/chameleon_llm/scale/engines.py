@@ -126,7 +126,8 @@ class FitWorker:
             out.edit_id = result.edit.id
             out.pairs = [asdict(p) for p in result.pairs]
             out.insights = asdict(result.insights)
-            out.pair_file = _pair_cache_path(self.lm, items, self.config, Path(".")).name
+            own = self.config.for_history(len(items))  # as fit_user keyed the pairs
+            out.pair_file = _pair_cache_path(self.lm, items, own, Path(".")).name
             out.timings = dict(result.timings)
         except Exception as exc:  # one user's failure must not stop the others
             out.error = f"{type(exc).__name__}: {exc}"

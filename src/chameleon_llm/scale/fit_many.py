@@ -118,7 +118,9 @@ def file_name(user: str) -> str:
 
 def config_hash(model: str, dtype: str, config: FitConfig, history: Sequence[HistoryItem]) -> str:
     """What decides a user's edit: model, dtype, the whole FitConfig and the history."""
-    payload = json.dumps([model, dtype, config.to_json(), history_fingerprint(history)])
+    payload = json.dumps(
+        [model, dtype, config.for_history(len(history)).to_json(), history_fingerprint(history)]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

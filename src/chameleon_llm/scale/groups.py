@@ -287,12 +287,13 @@ def prepare_members(
     for user, items in histories.items():
         try:
             emb = profile_embedding(embedder, items, options.max_items)
+            own = config.for_history(len(items))  # the selection the user's own fit makes
             path: Path | None = None
-            if store is not None and _pair_cache_path(lm, items, config, store).is_file():
-                path = _pair_cache_path(lm, items, config, store)
+            if store is not None and _pair_cache_path(lm, items, own, store).is_file():
+                path = _pair_cache_path(lm, items, own, store)
             elif cache:
-                path = _pair_cache_path(lm, items, config, cache_dir())
-            pairs, insights, selected = build_pairs(lm, items, config, embedder, {}, cache=path)
+                path = _pair_cache_path(lm, items, own, cache_dir())
+            pairs, insights, selected = build_pairs(lm, items, own, embedder, {}, cache=path)
             heldout = [it for i, it in enumerate(items) if i not in set(selected)]
             members[user] = MemberData(emb, pairs, insights, heldout)
         except Exception as exc:  # one user's failure must not stop grouping
