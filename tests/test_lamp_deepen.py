@@ -11,7 +11,7 @@ import pytest
 from chameleon_llm.evaluation import fit_profile
 from chameleon_llm.lamp import LampFormatError, build_prompt, get_task, load_task_dir
 from chameleon_llm.lamp.data import LampDataset, LampQuery
-from chameleon_llm.lamp.deepen import deepen, deepen_task_dir, read_deepen_record
+from chameleon_llm.lamp.deepen import deepen, deepen_task_dir
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "bench"
 HEADLINE = get_task("LaMP_4")
@@ -133,9 +133,9 @@ def test_task_dir_round_trip(tmp_path: Path) -> None:
     assert loaded.golds is not None and loaded.golds["u-deep2"] == labels[11 % 3]
     assert [i["id"] for i in fit_profile(loaded.queries)] == [f"p{i}" for i in range(9)]
     assert "categories: [politics, sports, travel]" in loaded.queries[0].input
-    record = read_deepen_record(tmp_path / "deep")
-    assert record is not None and record["per_user"] == 3 and record["source"] == str(src)
-    assert read_deepen_record(src) is None
+    record = json.loads((tmp_path / "deep" / "deepen.json").read_text())
+    assert record["per_user"] == 3 and record["source"] == str(src)
+    assert not (src / "deepen.json").exists()
     assert not list((tmp_path / "deep").glob("*.tmp"))
     with pytest.raises(ValueError, match="overwrite its source"):
         deepen_task_dir(src, src, 3)

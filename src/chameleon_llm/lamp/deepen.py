@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from chameleon_llm.edit import atomic_write_text
 from chameleon_llm.lamp.data import LampDataset, LampFormatError, common_profile, load_task_dir
 from chameleon_llm.lamp.tasks import build_prompt
 
@@ -64,7 +64,8 @@ def deepen(
     deepened = 0
     any_dated = False
     taken_ids = set(dataset.ids)
-    for user, queries in dataset.users().items():
+    users = dataset.users()
+    for user, queries in users.items():
         if queries[0].user_id is None:
             raise LampFormatError(
                 None,
@@ -96,7 +97,7 @@ def deepen(
     summary = DeepenSummary(
         per_user=per_user,
         min_profile=min_profile,
-        users=len(dataset.users()),
+        users=len(users),
         users_deepened=deepened,
         queries_before=len(dataset),
         queries_after=len(questions),
@@ -107,9 +108,7 @@ def deepen(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
 
 
 def deepen_task_dir(
@@ -129,9 +128,3 @@ def deepen_task_dir(
     _write_json(out / "outputs.json", outputs)
     _write_json(out / "deepen.json", {"format": DEEPEN_FORMAT, "source": str(src), **asdict(summary)})
     return summary
-
-
-def read_deepen_record(folder: str | Path) -> Mapping[str, Any] | None:
-    """The ``deepen.json`` of a derived folder, or None for an original task folder."""
-    path = Path(folder) / "deepen.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

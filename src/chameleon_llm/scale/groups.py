@@ -288,11 +288,9 @@ def prepare_members(
         try:
             emb = profile_embedding(embedder, items, options.max_items)
             own = config.for_history(len(items))  # the selection the user's own fit makes
-            path: Path | None = None
-            if store is not None and _pair_cache_path(lm, items, own, store).is_file():
-                path = _pair_cache_path(lm, items, own, store)
-            elif cache:
-                path = _pair_cache_path(lm, items, own, cache_dir())
+            path = _pair_cache_path(lm, items, own, store) if store is not None else None
+            if path is None or not path.is_file():
+                path = _pair_cache_path(lm, items, own, cache_dir()) if cache else None
             pairs, insights, selected = build_pairs(lm, items, own, embedder, {}, cache=path)
             heldout = [it for i, it in enumerate(items) if i not in set(selected)]
             members[user] = MemberData(emb, pairs, insights, heldout)
